@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from raykd.errors import UserError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # ----------------------------------------------------------------------------- errors
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config that cannot be used. `errors` holds one line per problem."""
 
     def __init__(self, errors: list[str], source: str | None = None):
@@ -126,6 +128,29 @@ class TeacherArch(Strict):
     conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
     conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)  # 320 samples = 20 ms frames at 16 kHz
     conv_depthwise_kernel_size: int = Field(15, ge=1)  # conformer only
+    # wav2vec2 convolutional position embedding (kernel in frames, groups): wav2vec2-base's
+    # 128 frames is longer than a 1.5 s clip (75 frames), so a small model uses a shorter one.
+    num_conv_pos_embeddings: int = Field(32, ge=2)
+    num_conv_pos_embedding_groups: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TeacherArch":
+        # Caught at load time with the key named, not deep inside transformers at build time.
+        errs = []
+        if self.hidden_size % self.num_attention_heads:
+            errs.append(f"hidden_size {self.hidden_size} not divisible by num_attention_heads "
+                        f"{self.num_attention_heads}")
+        if self.hidden_size % self.num_conv_pos_embedding_groups:
+            errs.append(f"hidden_size {self.hidden_size} not divisible by "
+                        f"num_conv_pos_embedding_groups {self.num_conv_pos_embedding_groups}")
+        if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
+            errs.append(f"conv_dim, conv_kernel, conv_stride differ in length "
+                        f"({len(self.conv_dim)}, {len(self.conv_kernel)}, {len(self.conv_stride)})")
+        if self.conv_depthwise_kernel_size % 2 == 0:
+            errs.append(f"conv_depthwise_kernel_size {self.conv_depthwise_kernel_size} must be odd")
+        if errs:
+            raise ValueError("; ".join(errs))
+        return self
 
 
 class TeacherFinetune(Strict):
@@ -133,6 +158,9 @@ class TeacherFinetune(Strict):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
     freeze_feature_encoder: bool = False
+    weight_decay: float = Field(0.01, ge=0)  # AdamW
+    grad_clip: float = Field(1.0, gt=0)  # max grad norm; transformers trained from scratch spike early
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)  # linear warm-up share of steps, then cosine decay
 
 
 class TeacherConfig(Strict):

@@ -1,0 +1,169 @@
+"""The `raykd` command line. The library never prints; this module renders."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from raykd.config import ConfigError, RaykdConfig, load_config
+from raykd.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Distil speech foundation models into tiny wakeword detectors.")
+data_app = typer.Typer(no_args_is_help=True, help="Make or check wakeword datasets.")
+app.add_typer(data_app, name="data")
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set train.lr=0.01 (repeatable).")
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Errors a user can cause are one clear line (or one line per config problem), exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as e:
+            err.print(f"[red]error:[/red] {e.source + ': ' if e.source else ''}invalid config")
+            for line in e.errors:
+                err.print(f"  {line}", markup=False, highlight=False)
+            raise typer.Exit(2)
+        except UserError as e:
+            err.print(f"[red]error:[/red] {e}", highlight=False)
+            raise typer.Exit(2)
+
+    return wrapper
+
+
+def _load(path: Path, overrides: Optional[list[str]]) -> RaykdConfig:
+    return load_config(path, overrides)
+
+
+def _progress(msg: str) -> None:
+    console.print(f"[dim]{msg}[/dim]", highlight=False)
+
+
+def _epoch_table(rows: list[dict[str, Any]], title: str) -> Table:
+    from raykd import metrics as M
+
+    table = Table(title=title)
+    cols = [M.EPOCH, M.TRAIN_LOSS, "train_ce", "train_kd", "train_align", M.VAL_ACCURACY, M.VAL_FRR,
+            M.VAL_FA_PER_HOUR, M.VRAM_PEAK_MB, M.RSS_PEAK_MB, M.STATUS]
+    cols = [c for c in cols if any(c in r for r in rows)]
+    for c in cols:
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(*[_fmt(r.get(c)) for c in cols])
+    return table
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@app.command()
+@user_errors
+def validate(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
+    """Check a config or search-space file; exit 2 with one line per problem."""
+    cfg = _load(config, set_)
+    what = "search space" if cfg.search is not None else "config"
+    console.print(f"[green]ok[/green] {config}: valid {what}; teachers: "
+                  f"{', '.join(f'{n} ({t.kind})' for n, t in cfg.teachers.items())}; "
+                  f"aligned layers: {cfg.aligned_layers() or 'none'}")
+
+
+@data_app.command("synth")
+@user_errors
+def data_synth(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
+    """Synthesise the wakeword dataset offline with espeak-ng voices."""
+    from rich.progress import Progress
+
+    from raykd.data.synth import synthesize
+
+    cfg = _load(config, set_)
+    with Progress(console=console) as bar:
+        task = bar.add_task("synthesising", total=None)
+        manifest = synthesize(cfg, lambda done, total: bar.update(task, completed=done, total=total))
+    _show_manifest(manifest)
+
+
+def _show_manifest(manifest: Path) -> None:
+    import csv
+    from collections import Counter
+
+    with open(manifest) as f:
+        rows = list(csv.DictReader(f))
+    table = Table(title=f"{manifest}")
+    for c in ("split", "clips", "wakeword", "speakers"):
+        table.add_column(c, justify="right")
+    for split in ("train", "val", "test"):
+        r = [x for x in rows if x["split"] == split]
+        table.add_row(split, str(len(r)), str(sum(x["label"] == "1" for x in r)),
+                      str(len(Counter(x["speaker"] for x in r))))
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def teacher(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
+    """Fine-tune each teacher (encoder + head) once; stored under cache_dir, keyed by config + data."""
+    from raykd.data.dataset import dataset_fingerprint, ensure_dataset, load_split
+    from raykd.teacher_stage import ensure_teachers
+    from raykd.train import resolve_device
+
+    cfg = _load(config, set_)
+    ensure_dataset(cfg)
+    train, val = load_split(cfg, "train"), load_split(cfg, "val")
+    dirs = ensure_teachers(cfg, train, val, dataset_fingerprint(cfg), resolve_device(cfg), _progress)
+    for name, d in dirs.items():
+        console.print(f"{name}: {d}")
+
+
+@app.command()
+@user_errors
+def train(config: Path, set_: Optional[list[str]] = SetOpt,
+          run_dir: Optional[Path] = typer.Option(None, help="Default: <storage_path>/<name>-train.")) -> None:
+    """One distillation run (Ray Train; scaling.num_workers: 0 runs in-process)."""
+    from raykd.models.student import build_student, count_params
+    from raykd.train import fit
+
+    cfg = _load(config, set_)
+    run_dir = run_dir or cfg.storage_path / f"{cfg.name}-train"
+    n = count_params(build_student(cfg.student, cfg.features.n_mels))
+    console.print(f"student: TinyConv, {n:,} parameters; aligned layers: {cfg.aligned_layers() or 'none'}")
+    rows: list[dict] = []
+
+    def on_epoch(row: dict) -> None:
+        keys = ("train_loss", "train_ce", "train_kd", "train_align", "val_accuracy", "val_frr",
+                "val_fa_per_hour", "vram_peak_mb", "rss_peak_mb")
+        console.print(f"epoch {row['epoch']}: " + "  ".join(f"{k}={_fmt(row[k])}" for k in keys if k in row),
+                      highlight=False)
+
+    out = fit(cfg, run_dir, on_epoch=on_epoch, progress=_progress)
+    console.print(_epoch_table(out.history, f"{cfg.name}: {out.status}"))
+    if out.mapping:
+        console.print(f"layer map (teacher layer -> student tap): {out.mapping}")
+    console.print(f"checkpoint: {out.checkpoint_dir}")
+    if out.status != "completed":
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,67 @@
+"""Wakeword metrics and the metric names shared by ray.train.report, Tune and MLflow.
+
+A detector is judged on two errors: missed wakewords (false-reject rate, FRR) and triggers
+on audio that holds no wakeword (false accepts per hour of negative audio, FA/h).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Metric names: defined once, used by the loop's report, Tune's metric and MLflow.
+EPOCH = "epoch"
+TRAIN_LOSS = "train_loss"  # the total; each term is logged as "train_<term>"
+VAL_LOSS = "val_loss"
+VAL_ACCURACY = "val_accuracy"
+VAL_FRR = "val_frr"
+VAL_FA_PER_HOUR = "val_fa_per_hour"
+VRAM_PEAK_MB = "vram_peak_mb"  # GPU: torch.cuda.max_memory_allocated, max over ranks
+RSS_PEAK_MB = "rss_peak_mb"  # CPU: process peak resident set size, max over ranks
+DIVERGED = "diverged"  # 1.0 when the loop stopped on divergence
+OOM = "oom"  # 1.0 when the loop stopped on out-of-memory
+STATUS = "status"  # completed | diverged | oom (a string, reported alongside)
+EPOCH_SECONDS = "epoch_seconds"
+
+
+def term_metric(term: str, split: str = "train") -> str:
+    """Metric name of one loss term: ('align.wav2vec2.2', 'train') -> 'train_align.wav2vec2.2'."""
+    return f"{split}_{term}"
+
+
+@dataclass(frozen=True)
+class DetectionMetrics:
+    accuracy: float
+    frr: float  # fraction of wakeword clips not triggered
+    fa_per_hour: float  # triggers on negative clips per hour of negative audio
+    n_pos: int
+    n_neg: int
+
+
+def detection_metrics(
+    probs: torch.Tensor, labels: torch.Tensor, threshold: float, clip_seconds: float
+) -> DetectionMetrics:
+    """probs: (N,) wakeword probability; labels: (N,) 0/1. One trigger per clip at most."""
+    probs, labels = probs.detach().float().cpu(), labels.detach().long().cpu()
+    fired = probs >= threshold
+    pos, neg = labels == 1, labels == 0
+    n_pos, n_neg = int(pos.sum()), int(neg.sum())
+    accuracy = float((fired == pos).float().mean()) if len(labels) else 0.0
+    frr = float((~fired & pos).sum()) / n_pos if n_pos else 0.0
+    neg_hours = n_neg * clip_seconds / 3600.0
+    fa_per_hour = float((fired & neg).sum()) / neg_hours if n_neg else 0.0
+    return DetectionMetrics(accuracy, frr, fa_per_hour, n_pos, n_neg)
+
+
+def det_curve(
+    probs: torch.Tensor, labels: torch.Tensor, clip_seconds: float, thresholds: torch.Tensor | None = None
+) -> list[tuple[float, float, float]]:
+    """Detection error trade-off: [(threshold, frr, fa_per_hour)] over thresholds (default 0.05..0.95)."""
+    if thresholds is None:
+        thresholds = torch.linspace(0.05, 0.95, 19)
+    out = []
+    for t in thresholds.tolist():
+        m = detection_metrics(probs, labels, t, clip_seconds)
+        out.append((t, m.frr, m.fa_per_hour))
+    return out

@@ -1,0 +1,444 @@
+"""The distillation loop, one function per worker, run by Ray Train.
+
+`train_loop_per_worker` is the whole loop written out top to bottom (nanoGPT style). It runs
+under `ray.train.torch.TorchTrainer` (Ray Train V2): `scaling.num_workers: 0` uses Ray
+Train's in-process local mode (debugging, no actors), N >= 1 runs N DDP workers (gloo on
+CPU, nccl on GPU). `fit` is what the CLI and the search call.
+
+Who does what, decided once by `is_rank0`: rank 0 writes checkpoints and talks to MLflow;
+every rank trains on its own disjoint shard, evaluates the (small) validation set and
+calls `ray.train.report` the same number of times (it is a barrier).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from raykd import metrics as M
+from raykd.config import RaykdConfig, config_from_dict
+from raykd.data.augment import augment_waveforms, load_noise_bank, spec_augment
+from raykd.data.dataset import WaveformSet
+from raykd.data.features import LogMel
+from raykd.distill.losses import DistillLoss, layer_mapping
+from raykd.models.projector import build_projectors
+from raykd.models.student import build_student
+from raykd.models.teachers import Teacher, load_teacher
+
+CHECKPOINT_FILE = "checkpoint.pt"  # latest full training state
+BEST_FILE = "best.pt"  # best-so-far student + projectors + its metrics
+CHECKPOINT_FORMAT = 1
+
+
+class StudentWithProjectors(nn.Module):
+    """What is trained and DDP-synchronised: the student and one projector per aligned layer.
+
+    The projectors are applied in `forward` so DDP sees (and all-reduces) their gradients.
+    Only `student` is ever exported.
+    """
+
+    def __init__(self, student: nn.Module, projectors: nn.ModuleDict, tap_of: dict[str, int]):
+        super().__init__()
+        self.student = student
+        self.projectors = projectors
+        self.tap_of = tap_of  # "<teacher>.<layer>" -> student tap index
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """feats (B, n_mels, T) -> logits (B, 2), {key: projected (B, T', D_teacher)}."""
+        logits, taps = self.student(feats)
+        projected = {
+            key: proj(taps[self.tap_of[key]].transpose(1, 2)) for key, proj in self.projectors.items()
+        }
+        return logits, projected
+
+
+# ----------------------------------------------------------------------------- outcome
+
+
+@dataclass
+class TrainOutcome:
+    status: str  # completed | diverged | oom
+    history: list[dict[str, Any]]
+    best: dict[str, Any]  # metrics of the best epoch
+    checkpoint_dir: Path | None  # holds checkpoint.pt (last) and best.pt
+    mapping: dict[str, dict[int, int]] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def resolve_device(cfg: RaykdConfig) -> torch.device:
+    if cfg.train.device == "cuda" or (cfg.train.device == "auto" and cfg.scaling.use_gpu):
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if cfg.train.device == "auto" and torch.cuda.is_available() and cfg.scaling.num_workers == 0:
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def peak_memory_mb(device: torch.device) -> tuple[str, float]:
+    """(metric name, MB): CUDA max_memory_allocated on GPU, the process peak RSS on CPU."""
+    if device.type == "cuda":
+        return M.VRAM_PEAK_MB, torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is in KiB on Linux
+    return M.RSS_PEAK_MB, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _all_max(values: list[float], device: torch.device, distributed: bool) -> list[float]:
+    """Element-wise max over ranks (flags and peak memory)."""
+    if not distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def shard_indices(n: int, rank: int, world: int, epoch: int, seed: int) -> torch.Tensor:
+    """Disjoint shard of a seeded per-epoch permutation; equal length on every rank (DDP)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    per_rank = n // world
+    return perm[rank * per_rank:(rank + 1) * per_rank] if world > 1 else perm
+
+
+class Divergence:
+    """'Loss becomes NaN or grows rapidly': non-finite, or above factor x best for patience steps."""
+
+    def __init__(self, factor: float, patience: int):
+        self.factor, self.patience = factor, patience
+        self.best = math.inf
+        self.bad_steps = 0
+
+    def update(self, loss: float) -> bool:
+        if not math.isfinite(loss):
+            return True
+        self.best = min(self.best, loss)
+        self.bad_steps = self.bad_steps + 1 if loss > self.factor * max(self.best, 1e-8) else 0
+        return self.bad_steps >= self.patience
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best": self.best, "bad_steps": self.bad_steps}
+
+    def load_state_dict(self, s: dict[str, float]) -> None:
+        self.best, self.bad_steps = s["best"], int(s["bad_steps"])
+
+
+def load_teachers(dirs: dict[str, str], device: torch.device) -> dict[str, Teacher]:
+    """Frozen teachers: eval mode, no gradients, never DDP-wrapped."""
+    out = {}
+    for name, d in dirs.items():
+        t = load_teacher(Path(d)).to(device).eval()
+        t.requires_grad_(False)
+        out[name] = t
+    return out
+
+
+def _get(x: Any) -> Any:
+    """Data travels as Ray object refs to workers (any node); in-process it is passed as is."""
+    import ray
+
+    return ray.get(x) if isinstance(x, ray.ObjectRef) else x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: WaveformSet, logmel: LogMel, cfg: RaykdConfig,
+             device: torch.device) -> dict[str, float]:
+    """CE loss, accuracy, FRR and false accepts per hour on a whole split."""
+    model.eval()
+    probs, losses = [], []
+    for i in range(0, len(data), cfg.train.batch_size):
+        waves = data.waves[i:i + cfg.train.batch_size].to(device)
+        labels = data.labels[i:i + cfg.train.batch_size].to(device)
+        logits, _ = model(logmel(waves))
+        losses.append(F.cross_entropy(logits, labels, reduction="sum").item())
+        probs.append(logits.softmax(-1)[:, 1].cpu())
+    model.train()
+    det = M.detection_metrics(torch.cat(probs), data.labels, cfg.train.threshold, cfg.features.clip_seconds)
+    return {M.VAL_LOSS: sum(losses) / max(len(data), 1), M.VAL_ACCURACY: det.accuracy,
+            M.VAL_FRR: det.frr, M.VAL_FA_PER_HOUR: det.fa_per_hour}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    """One worker's distillation run. Returns (rank 0's value reaches the driver) the history."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    # 1. Who am I. Rank 0 writes checkpoints and tracks; all ranks train and report.
+    cfg = config_from_dict(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    distributed = world > 1 and dist.is_available() and dist.is_initialized()
+    is_rank0 = rank == 0
+    if cfg.scaling.num_workers > 0:
+        import ray.train.torch as rtt
+
+        device = rtt.get_device()
+    else:
+        device = resolve_device(cfg)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(cfg.seed)
+
+    # 2. Data (shared through the object store) and frozen teachers.
+    train_set: WaveformSet = _get(loop_config["train"])
+    val_set: WaveformSet = _get(loop_config["val"])
+    teachers = load_teachers(loop_config["teacher_dirs"], device) if cfg.distillation.enabled else {}
+    aligned = cfg.aligned_layers()
+    logmel = LogMel(cfg.features).to(device)
+    noise_bank = load_noise_bank(cfg.data.augment, cfg.features.sample_rate, cfg.features.clip_samples)
+
+    # 3. Student + projectors; the layer map is by relative depth unless the config says otherwise.
+    student = build_student(cfg.student, cfg.features.n_mels)
+    mapping = {
+        name: layer_mapping(teachers[name].depth, layers, cfg.student.blocks,
+                            (cfg.distillation.layer_map or {}).get(name))
+        for name, layers in aligned.items()
+    }
+    dims = {name: {l: teachers[name].layer_dim(l) for l in layers} for name, layers in aligned.items()}
+    projectors = build_projectors(aligned, dims, cfg.student.width, cfg.distillation.projector_hidden)
+    tap_of = {f"{n}.{l}": tap for n, m in mapping.items() for l, tap in m.items()}
+    model = StudentWithProjectors(student, projectors, tap_of).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    loss_fn = DistillLoss(cfg.distillation, list(teachers))
+    divergence = Divergence(cfg.train.divergence.factor, cfg.train.divergence.patience)
+
+    # 4. Resume from the latest checkpoint (a restarted worker group lands here).
+    start_epoch, history, best = 0, [], {}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        divergence.load_state_dict(state["divergence"])
+        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+        best_state = state.get("best_state")
+    else:
+        best_state = None
+    if cfg.scaling.num_workers > 0:
+        model = ray.train.torch.prepare_model(model, move_to_device=False)
+    core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+    # 5. Epochs.
+    status, prev_tmp = "completed", None
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000 + rank)
+    for epoch in range(start_epoch, cfg.train.epochs):
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        steps = 0
+        idx = shard_indices(len(train_set), rank, world, epoch, cfg.seed)
+        model.train()
+        for i in range(0, len(idx) - (len(idx) % cfg.train.batch_size if world > 1 else 0), cfg.train.batch_size):
+            b = idx[i:i + cfg.train.batch_size]
+            if len(b) == 0:
+                break
+            waves, labels = train_set.waves[b], train_set.labels[b].to(device)
+            try:
+                if cfg.data.augment.enabled:
+                    waves = augment_waveforms(waves, cfg.data.augment, cfg.features.sample_rate, g, noise_bank)
+                waves = waves.to(device)
+                with torch.no_grad():
+                    t_out = {n: t(waves, aligned.get(n, [])) for n, t in teachers.items()}
+                feats = logmel(waves)
+                if cfg.data.augment.enabled:
+                    feats = spec_augment(feats, cfg.data.augment, g)
+                logits, projected = model(feats)
+                terms = loss_fn(logits, labels, projected, t_out, core.tap_of)
+                loss = terms["total"]
+                oom = 0.0
+            except (torch.cuda.OutOfMemoryError, MemoryError):
+                loss, oom = torch.tensor(float("nan")), 1.0
+            # Agree across ranks BEFORE backward, so no rank waits in DDP's all-reduce alone.
+            bad = 0.0 if oom else float(divergence.update(loss.item()))
+            bad, oom = _all_max([bad, oom], device, distributed)
+            if oom:
+                status = "oom"
+                break
+            if bad:
+                status = "diverged"
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            steps += 1
+
+        # 6. Evaluate, measure memory, report (every rank: report is a barrier).
+        mem_name, mem_mb = peak_memory_mb(device)
+        (mem_mb,) = _all_max([mem_mb], device, distributed)
+        row: dict[str, Any] = {M.EPOCH: epoch + 1, mem_name: mem_mb,
+                               M.EPOCH_SECONDS: time.perf_counter() - t0}
+        if status == "completed":
+            row.update({M.term_metric(k): v / max(steps, 1) for k, v in sums.items()})
+            row[M.TRAIN_LOSS] = row.get(M.term_metric("total"), 0.0)
+            row.update(evaluate(core, val_set, logmel, cfg, device))
+        else:
+            # A finite penalty (never NaN: Optuna and ASHA cannot rank NaN).
+            row.update({M.TRAIN_LOSS: cfg.train.divergence.penalty, M.VAL_LOSS: cfg.train.divergence.penalty,
+                        M.VAL_ACCURACY: 0.0, M.VAL_FRR: 1.0, M.VAL_FA_PER_HOUR: cfg.train.divergence.penalty})
+        row[M.DIVERGED] = float(status == "diverged")
+        row[M.OOM] = float(status == "oom")
+        row[M.STATUS] = status
+        history.append(row)
+        metric = (cfg.search.metric, cfg.search.mode) if cfg.search else (M.VAL_ACCURACY, "max")
+        if status == "completed" and _better(row, best, *metric):
+            best = dict(row)
+            best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
+
+        checkpoint = None
+        if is_rank0:
+            tmp = tempfile.mkdtemp(prefix="raykd-ckpt-")
+            save_checkpoint(Path(tmp), cfg, core, optimizer, divergence, epoch, history, best, best_state, mapping)
+            checkpoint = Checkpoint.from_directory(tmp)
+        ray.train.report(_reportable(row), checkpoint=checkpoint)
+        if loop_config.get("on_epoch") is not None:
+            loop_config["on_epoch"](row)
+        if is_rank0 and cfg.scaling.num_workers == 0:
+            # Local mode keeps reported checkpoints where they are: keep only the newest.
+            if prev_tmp:
+                shutil.rmtree(prev_tmp, ignore_errors=True)
+            prev_tmp = tmp
+        if status != "completed":
+            break
+    return {"status": status, "history": history, "best": best,
+            "mapping": {n: {int(k): v for k, v in m.items()} for n, m in mapping.items()}}
+
+
+def _better(row: dict[str, Any], best: dict[str, Any], metric: str, mode: str) -> bool:
+    if not best:
+        return True
+    return row[metric] > best[metric] if mode == "max" else row[metric] < best[metric]
+
+
+def _reportable(row: dict[str, Any]) -> dict[str, Any]:
+    """Everything is a number except the status string, which Tune and MLflow keep as is."""
+    return dict(row)
+
+
+def save_checkpoint(d: Path, cfg: RaykdConfig, model: StudentWithProjectors, optimizer: torch.optim.Optimizer,
+                    divergence: Divergence, epoch: int, history: list, best: dict, best_state: dict | None,
+                    mapping: dict) -> None:
+    """A checkpoint carries its own config and architecture: nothing else rebuilds the student."""
+    common = {"format": CHECKPOINT_FORMAT, "config": cfg.model_dump(mode="json"), "mapping": mapping}
+    state = {**common, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "divergence": divergence.state_dict(), "history": history, "best": best, "best_state": best_state}
+    torch.save(state, d / CHECKPOINT_FILE)
+    if best_state is not None:
+        torch.save({**common, "model": best_state, "metrics": best}, d / BEST_FILE)
+
+
+# ----------------------------------------------------------------------------- driver side
+
+
+@dataclass
+class Inputs:
+    """What a run needs that is prepared once, on the driver."""
+
+    train: WaveformSet
+    val: WaveformSet
+    teacher_dirs: dict[str, str]
+    dataset_key: str
+
+
+def prepare(cfg: RaykdConfig, progress: Callable[[str], None] | None = None) -> Inputs:
+    """Dataset (synthesised if missing) and fine-tuned teachers (stored once, keyed by config + data)."""
+    from raykd.data.dataset import dataset_fingerprint, ensure_dataset, load_split
+    from raykd.teacher_stage import ensure_teachers
+
+    ensure_dataset(cfg)
+    train, val = load_split(cfg, "train"), load_split(cfg, "val")
+    key = dataset_fingerprint(cfg)
+    dirs: dict[str, str] = {}
+    if cfg.distillation.enabled and cfg.teachers:
+        device = resolve_device(cfg)
+        dirs = {n: str(p) for n, p in ensure_teachers(cfg, train, val, key, device, progress).items()}
+    return Inputs(train, val, dirs, key)
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Connect to a cluster (address) or start a local Ray, once per process."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+
+
+def build_trainer(cfg: RaykdConfig, inputs: Inputs, run_dir: Path, callbacks: list | None = None,
+                  on_epoch: Callable[[dict], None] | None = None):
+    """The Ray Train V2 TorchTrainer for one distillation run (also used inside Tune trials)."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    s = cfg.scaling
+    local = s.num_workers == 0
+    loop_config: dict[str, Any] = {
+        "config": cfg.model_dump(mode="json"),
+        "teacher_dirs": inputs.teacher_dirs,
+        # Workers on other nodes read the clips from the object store, not from this disk.
+        "train": inputs.train if local else ray.put(inputs.train),
+        "val": inputs.val if local else ray.put(inputs.val),
+        "on_epoch": on_epoch if local else None,
+    }
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+                                     resources_per_worker=None if local else resources),
+        run_config=RunConfig(
+            name="ray", storage_path=str(run_dir.resolve()),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+        ),
+    )
+
+
+def finish(result: Any, run_dir: Path) -> TrainOutcome:
+    """Copy the final checkpoint (latest state + best model) to run_dir/checkpoint and summarise."""
+    import json
+
+    value = result.return_value or {}
+    ckpt_dir = None
+    if result.checkpoint is not None:
+        ckpt_dir = run_dir / "checkpoint"
+        tmp = run_dir / ".checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        with result.checkpoint.as_directory() as d:
+            shutil.copytree(d, tmp)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        os.replace(tmp, ckpt_dir)  # never a half-written checkpoint dir
+    history = value.get("history", [])
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+    return TrainOutcome(value.get("status", "completed"), history, value.get("best", {}), ckpt_dir,
+                        value.get("mapping", {}))
+
+
+def fit(cfg: RaykdConfig, run_dir: Path, inputs: Inputs | None = None,
+        on_epoch: Callable[[dict], None] | None = None, progress: Callable[[str], None] | None = None) -> TrainOutcome:
+    """One distillation run through Ray Train; returns the outcome and leaves run_dir/checkpoint."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    inputs = inputs or prepare(cfg, progress)
+    if cfg.scaling.num_workers > 0:
+        ensure_ray()
+    result = build_trainer(cfg, inputs, run_dir, on_epoch=on_epoch).fit()
+    return finish(result, run_dir)
