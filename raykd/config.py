@@ -14,8 +14,9 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 
-from raykd.errors import UserError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raykd.errors import UserError
 
 # ----------------------------------------------------------------------------- errors
 
