@@ -146,7 +146,7 @@ def train(config: Path, set_: Optional[list[str]] = SetOpt,
     console.print(f"student: TinyConv, {n:,} parameters; aligned layers: {cfg.aligned_layers() or 'none'}")
     rows: list[dict] = []
 
-    def on_epoch(row: dict) -> None:
+    def on_epoch(row: dict, _ckpt: Optional[str] = None) -> None:
         keys = ("train_loss", "train_ce", "train_kd", "train_align", "val_accuracy", "val_frr",
                 "val_fa_per_hour", "vram_peak_mb", "rss_peak_mb")
         console.print(f"epoch {row['epoch']}: " + "  ".join(f"{k}={_fmt(row[k])}" for k in keys if k in row),

@@ -265,10 +265,11 @@ class LayerSubsetParam(Strict):
 
     type: Literal["layer_subset"]
     candidates: list[int] = Field(min_length=1)
-    min_size: int = Field(1, ge=1)
+    min_size: int = Field(1, ge=0)  # 0 = this teacher may go unaligned in a trial
     max_size: int | None = None
 
 
+PARAM_TYPES = ("uniform", "loguniform", "int", "categorical", "layer_subset")
 SearchParam = Annotated[
     Union[UniformParam, LogUniformParam, IntParam, CategoricalParam, LayerSubsetParam],
     Field(discriminator="type"),
@@ -334,7 +335,9 @@ class RaykdConfig(Strict):
 def _loc_to_key(loc: tuple[Any, ...]) -> str:
     """('distillation', 'alignment_layers', 1) -> 'distillation.alignment_layers[1]'."""
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
+        if i >= 3 and loc[i - 2] == "params" and part in PARAM_TYPES:
+            continue  # pydantic names the discriminated branch; the user wrote it as `type`
         if isinstance(part, int):
             out += f"[{part}]"
         elif part in ("list[int]", "dict[str,list[int]]") or str(part).startswith(("list[", "dict[")):
@@ -395,6 +398,11 @@ def _cross_check(cfg: RaykdConfig) -> list[str]:
     return errs
 
 
+# Data, features and teachers are prepared once per study (dataset, fine-tuned teachers,
+# teacher-output caches); a search over them would silently mix trials on different inputs.
+PREPARED_ONCE = ("data", "features", "teachers", "cache_dir", "storage_path", "name", "search")
+
+
 def _check_search(cfg: RaykdConfig) -> list[str]:
     errs: list[str] = []
     base = cfg.model_dump()
@@ -415,6 +423,8 @@ def _check_search(cfg: RaykdConfig) -> list[str]:
             continue
         if not _has_key(base, key):
             errs.append(f"{where}: no such config key '{key}'")
+        elif key.split(".")[0] in PREPARED_ONCE:
+            errs.append(f"{where}: '{key.split('.')[0]}' is prepared once per study and cannot be searched")
         if isinstance(p, (UniformParam, LogUniformParam, IntParam)) and p.low > p.high:
             errs.append(f"{where}: low {p.low} > high {p.high}")
     return errs

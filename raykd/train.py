@@ -233,6 +233,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         model = ray.train.torch.prepare_model(model, move_to_device=False)
     core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
+    # Only rank 0 talks to MLflow.
+    logger = None
+    if is_rank0 and loop_config.get("tracking"):
+        from raykd.tracking import MlflowLogger, config_params
+
+        logger = MlflowLogger(**loop_config["tracking"])
+        logger.log_config({**config_params(cfg), **{f"layer_map.{n}": str(m) for n, m in mapping.items()}})
+
     # 5. Epochs.
     status, prev_tmp = "completed", None
     g = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000 + rank)
@@ -307,8 +315,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             save_checkpoint(Path(tmp), cfg, core, optimizer, divergence, epoch, history, best, best_state, mapping)
             checkpoint = Checkpoint.from_directory(tmp)
         ray.train.report(_reportable(row), checkpoint=checkpoint)
+        if logger is not None:
+            logger.log_metrics(row, step=epoch + 1)
+            logger.set_status(status)
         if loop_config.get("on_epoch") is not None:
-            loop_config["on_epoch"](row)
+            loop_config["on_epoch"](row, tmp if is_rank0 else None)
         if is_rank0 and cfg.scaling.num_workers == 0:
             # Local mode keeps reported checkpoints where they are: keep only the newest.
             if prev_tmp:
@@ -381,7 +392,7 @@ def ensure_ray(address: str | None = None) -> None:
 
 
 def build_trainer(cfg: RaykdConfig, inputs: Inputs, run_dir: Path, callbacks: list | None = None,
-                  on_epoch: Callable[[dict], None] | None = None):
+                  on_epoch: Callable[[dict], None] | None = None, tracking: dict[str, str] | None = None):
     """The Ray Train V2 TorchTrainer for one distillation run (also used inside Tune trials)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -396,6 +407,7 @@ def build_trainer(cfg: RaykdConfig, inputs: Inputs, run_dir: Path, callbacks: li
         "train": inputs.train if local else ray.put(inputs.train),
         "val": inputs.val if local else ray.put(inputs.val),
         "on_epoch": on_epoch if local else None,
+        "tracking": tracking,
     }
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
     return TorchTrainer(
@@ -436,9 +448,29 @@ def finish(result: Any, run_dir: Path) -> TrainOutcome:
 def fit(cfg: RaykdConfig, run_dir: Path, inputs: Inputs | None = None,
         on_epoch: Callable[[dict], None] | None = None, progress: Callable[[str], None] | None = None) -> TrainOutcome:
     """One distillation run through Ray Train; returns the outcome and leaves run_dir/checkpoint."""
+    from raykd import tracking as T
+
     run_dir.mkdir(parents=True, exist_ok=True)
+    uri = T.tracking_uri(cfg) if cfg.tracking.enabled else None
+    if uri:
+        T.check_reachable(uri)  # before any expensive work
     inputs = inputs or prepare(cfg, progress)
     if cfg.scaling.num_workers > 0:
         ensure_ray()
-    result = build_trainer(cfg, inputs, run_dir, on_epoch=on_epoch).fit()
-    return finish(result, run_dir)
+    track = None
+    if uri:
+        exp = T.experiment_id(uri, cfg.tracking.experiment)
+        run_id = T.client(uri).create_run(exp, tags={T.KIND_TAG: "train", "mlflow.runName": run_dir.name}).info.run_id
+        track = {"uri": uri, "run_id": run_id}
+    try:
+        result = build_trainer(cfg, inputs, run_dir, on_epoch=on_epoch, tracking=track).fit()
+    except BaseException:
+        if track:
+            T.MlflowLogger(**track).close("FAILED")  # never a run left RUNNING forever
+        raise
+    out = finish(result, run_dir)
+    if track:
+        log = T.MlflowLogger(**track)
+        log.set_tags({T.STATUS_TAG: out.status, T.CHECKPOINT_TAG: str(out.checkpoint_dir)})
+        log.close("FINISHED" if out.status == "completed" else "FAILED")
+    return out

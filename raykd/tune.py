@@ -1,0 +1,332 @@
+"""The search: Ray Tune + Optuna (define-by-run, seeded TPE) + ASHA, one Ray Train run per trial.
+
+Layer subsets are one boolean per candidate layer (never lists as categorical choices).
+Too-small subsets cannot happen: when the layers still undecided are exactly as many as the
+subset still needs, they are forced on without being sampled (and too-large ones likewise
+forced off). Forced values are returned as constants, so Optuna only models real choices.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from ray.tune.stopper import Stopper
+
+from raykd import metrics as M
+from raykd import tracking as T
+from raykd.config import (
+    CategoricalParam, IntParam, LayerSubsetParam, LogUniformParam, RaykdConfig, SearchConfig,
+    UniformParam, config_from_dict, with_updates,
+)
+from raykd.train import BEST_FILE, Inputs, build_trainer, prepare
+
+CHECKPOINT_PATH = "checkpoint_path"  # set by TuneReportCallback; we set it in local mode too
+GUIDE_WEIGHT = 0.1  # the guide's recommended feature_alignment_weight
+GUIDE_LAYERS = {"wav2vec2": [2, 4, 6]}  # the guide's "Pro Tip" for short wakewords
+
+# A smoke study: the same code path, a few short trials on a small dataset.
+SMOKE_UPDATES: dict[str, Any] = {
+    "data.root": "data/wakeword-smoke",
+    "data.synth.voices": ["en-us", "en-gb-x-rp", "en"],
+    "data.synth.variants": ["m1", "f2", "m3"],
+    "data.synth.positives_per_speaker": 6,
+    "data.synth.near_misses_per_speaker": 6,
+    "data.synth.other_per_speaker": 2,
+    "data.synth.nonspeech_per_speaker": 2,
+    "search.num_samples": 4,
+    "search.trial_epochs": 2,
+    "search.asha.grace_period": 1,
+}
+
+
+def layer_param(teacher: str, layer: int) -> str:
+    return f"{teacher}.L{layer}"
+
+
+def define_space(trial: Any, search: SearchConfig) -> dict[str, Any]:
+    """Optuna define-by-run space; returns the forced (constant) layer booleans."""
+    consts: dict[str, Any] = {}
+    for key, p in search.params.items():
+        if isinstance(p, LayerSubsetParam):
+            hi = p.max_size if p.max_size is not None else len(p.candidates)
+            chosen = 0
+            for i, layer in enumerate(p.candidates):
+                name, left = layer_param(key, layer), len(p.candidates) - i
+                if chosen + left <= p.min_size:
+                    consts[name] = True
+                elif chosen >= hi:
+                    consts[name] = False
+                else:
+                    consts.pop(name, None)
+                    chosen += bool(trial.suggest_categorical(name, [False, True]))
+                    continue
+                chosen += bool(consts[name])
+        elif isinstance(p, UniformParam):
+            trial.suggest_float(key, p.low, p.high)
+        elif isinstance(p, LogUniformParam):
+            trial.suggest_float(key, p.low, p.high, log=True)
+        elif isinstance(p, IntParam):
+            trial.suggest_int(key, p.low, p.high)
+        elif isinstance(p, CategoricalParam):
+            trial.suggest_categorical(key, p.choices)
+    return consts
+
+
+def trial_updates(base: RaykdConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """Flat Optuna params -> dotted config updates (layer booleans -> alignment_layers map)."""
+    search = base.search
+    updates: dict[str, Any] = {}
+    layers = base.alignment_layers_by_teacher()
+    for key, p in search.params.items():
+        if isinstance(p, LayerSubsetParam):
+            layers[key] = [l for l in p.candidates if params.get(layer_param(key, l))]
+        elif key in params:
+            updates[key] = params[key]
+    if any(isinstance(p, LayerSubsetParam) for p in search.params.values()):
+        updates["distillation.alignment_layers"] = layers
+    if search.trial_epochs:
+        updates["train.epochs"] = search.trial_epochs
+    return updates
+
+
+def guide_point(search: SearchConfig) -> dict[str, Any] | None:
+    """The guide's recommendation (wav2vec2 layers 2,4,6; weight 0.1) as the first trial."""
+    point: dict[str, Any] = {}
+    for key, p in search.params.items():
+        if isinstance(p, LayerSubsetParam) and key in GUIDE_LAYERS:
+            point.update({layer_param(key, l): l in GUIDE_LAYERS[key] for l in p.candidates})
+        elif key == "distillation.feature_alignment_weight" and isinstance(p, (UniformParam, LogUniformParam)):
+            if p.low <= GUIDE_WEIGHT <= p.high:
+                point[key] = GUIDE_WEIGHT
+    return point or None
+
+
+# ----------------------------------------------------------------------------- one trial
+
+
+def run_trial(params: dict[str, Any], base: dict[str, Any], inputs: Inputs, study: dict[str, str]) -> None:
+    """The function trainable: one trial = one Ray Train run (TorchTrainer + TuneReportCallback)."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    base_cfg = config_from_dict(base)
+    cfg = with_updates(base_cfg, trial_updates(base_cfg, params))
+    ctx = ray.tune.get_context()
+    trial_id = ctx.get_trial_id()
+    run_dir = Path(study["dir"]) / "trials" / trial_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+    tracking = None
+    if study.get("uri"):
+        run_id = T.find_or_create_run(
+            study["uri"], study["experiment_id"],
+            tags={T.PARENT_TAG: study["parent_run_id"], T.KIND_TAG: "trial"},
+            match={T.TRIAL_TAG: trial_id, T.STUDY_TAG: study["name"]}, name=trial_id)
+        tracking = {"uri": study["uri"], "run_id": run_id}
+
+    if cfg.scaling.num_workers == 0:
+        # Ray Train's local mode has no callbacks: forward each epoch to Tune ourselves.
+        def on_epoch(row: dict[str, Any], ckpt_dir: str | None = None) -> None:
+            from ray.tune import Checkpoint
+
+            ray.tune.report({**row, CHECKPOINT_PATH: ckpt_dir or ""},
+                            checkpoint=Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
+
+        build_trainer(cfg, inputs, run_dir, on_epoch=on_epoch, tracking=tracking).fit()
+    else:
+        build_trainer(cfg, inputs, run_dir, callbacks=[TuneReportCallback()], tracking=tracking).fit()
+    if tracking:
+        T.MlflowLogger(**tracking).close("FINISHED")
+
+
+class Backstop(Stopper):
+    """Tune stopper: a trial that reports diverged/oom, or reaches its epochs, stops."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return bool(result.get(M.DIVERGED) or result.get(M.OOM) or result.get(M.EPOCH, 0) >= self.epochs)
+
+    def stop_all(self) -> bool:
+        return False
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+@dataclass
+class StudyOutcome:
+    study_dir: Path
+    rows: list[dict[str, Any]]  # one per trial: trial_id, params, status, metrics
+    best: dict[str, Any] | None
+    best_dir: Path | None
+    parent_run_id: str | None
+
+
+def study_dir(cfg: RaykdConfig) -> Path:
+    return (Path(cfg.storage_path) / cfg.name).resolve()
+
+
+def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address: str | None = None,
+              progress: Callable[[str], None] | None = None) -> StudyOutcome:
+    """Tune the search space; leaves <storage>/<name>/{best/, trials.json} and the MLflow study."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from raykd.train import ensure_ray
+
+    search = cfg.search or SearchConfig()
+    sdir = study_dir(cfg)
+    tuner_dir = sdir / "tune"
+    if resume and not tune.Tuner.can_restore(str(tuner_dir)):
+        raise FileNotFoundError(f"--resume: no study to resume at {tuner_dir}")
+    if not resume and tuner_dir.exists():
+        raise FileExistsError(f"study {cfg.name} already exists at {sdir}: resume it with --resume, "
+                              f"or pick another name with --set name=...")
+
+    # Everything that can fail fast does, before data, teachers or Ray start.
+    uri = T.tracking_uri(cfg) if cfg.tracking.enabled else None
+    if uri:
+        T.check_reachable(uri)
+    inputs = prepare(cfg, progress)
+    ensure_ray(address)
+    sdir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        shutil.copyfile(config_path, sdir / "search_space.yaml")
+
+    study: dict[str, str] = {"name": cfg.name, "dir": str(sdir)}
+    if uri:
+        exp = T.experiment_id(uri, cfg.tracking.experiment)
+        parent = T.find_or_create_run(uri, exp, tags={T.KIND_TAG: "study"}, match={T.STUDY_TAG: cfg.name},
+                                      name=cfg.name)
+        T.log_artifacts(uri, parent, [sdir / "search_space.yaml"])
+        study.update(uri=uri, experiment_id=exp, parent_run_id=parent)
+
+    # Teachers and clips go to the object store once; every trial reads the same objects.
+    shared = Inputs(ray.put(inputs.train), ray.put(inputs.val), inputs.teacher_dirs, inputs.dataset_key)
+    base = cfg.model_dump(mode="json")
+    per_trial = {"CPU": cfg.scaling.cpus_per_worker} if cfg.scaling.num_workers == 0 else {"CPU": 0}
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base, inputs=shared, study=study), per_trial)
+    epochs = search.trial_epochs or cfg.train.epochs
+
+    if resume:
+        tuner = tune.Tuner.restore(str(tuner_dir), trainable=trainable, resume_unfinished=True,
+                                   restart_errored=True)
+    else:
+        from optuna.samplers import TPESampler
+
+        point = guide_point(search)
+        searcher = OptunaSearch(
+            space=lambda t: define_space(t, search), metric=search.metric, mode=search.mode,
+            points_to_evaluate=[point] if point else None, sampler=TPESampler(seed=search.seed))
+        scheduler = (ASHAScheduler(time_attr=M.EPOCH, max_t=epochs, grace_period=min(search.asha.grace_period, epochs),
+                                   reduction_factor=search.asha.reduction_factor)
+                     if search.asha.enabled else None)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, search_alg=searcher,
+                                        scheduler=scheduler, num_samples=search.num_samples,
+                                        max_concurrent_trials=search.max_concurrent),
+            run_config=tune.RunConfig(name="tune", storage_path=str(sdir), stop=Backstop(epochs),
+                                      failure_config=tune.FailureConfig(max_failures=1), verbose=0),
+        )
+    grid = tuner.fit()
+    return summarise(cfg, grid, sdir, study, epochs)
+
+
+def summarise(cfg: RaykdConfig, grid: Any, sdir: Path, study: dict[str, str], epochs: int) -> StudyOutcome:
+    """Trial table, best/ folder, MLflow statuses and plots at the end of a study."""
+    search = cfg.search or SearchConfig()
+    rows = []
+    for res in grid:
+        if res.metrics is None or M.EPOCH not in (res.metrics or {}):
+            rows.append({"trial_id": (res.metrics or {}).get("trial_id", "?"), "status": "error",
+                         "params": _params_of(res), "error": str(res.error)[:200]})
+            continue
+        m = res.metrics
+        status = m.get(M.STATUS, "completed")
+        if status == "completed" and m[M.EPOCH] < epochs:
+            status = "pruned"  # ASHA stopped it: merely poor
+        df = res.metrics_dataframe
+        best_value = m[search.metric]
+        if df is not None and search.metric in df:
+            col = df[search.metric]
+            best_value = float(col.max() if search.mode == "max" else col.min())
+        rows.append({"trial_id": m["trial_id"], "status": status, "epochs": m[M.EPOCH],
+                     "params": _params_of(res), search.metric: best_value,
+                     "last": {k: v for k, v in m.items() if isinstance(v, (int, float))},
+                     "checkpoint": _checkpoint_of(res)})
+    ok = [r for r in rows if r["status"] in ("completed", "pruned") and r.get("checkpoint")]
+    best = None
+    if ok:
+        best = (max if search.mode == "max" else min)(ok, key=lambda r: r[search.metric])
+    (sdir / "trials.json").write_text(json.dumps(rows, indent=1, default=str))
+    best_dir = write_best(cfg, best, sdir) if best else None
+    if study.get("uri"):
+        _finish_mlflow(cfg, rows, study, best)
+    return StudyOutcome(sdir, rows, best, best_dir, study.get("parent_run_id"))
+
+
+def _params_of(res: Any) -> dict[str, Any]:
+    return {k: v for k, v in (res.config or {}).items()}
+
+
+def _checkpoint_of(res: Any) -> str | None:
+    path = (res.metrics or {}).get(CHECKPOINT_PATH)
+    if path and (Path(path) / BEST_FILE).exists():
+        return path
+    if res.checkpoint is not None and (Path(res.checkpoint.path) / BEST_FILE).exists():
+        return res.checkpoint.path
+    return None
+
+
+def write_best(cfg: RaykdConfig, best: dict[str, Any], sdir: Path) -> Path:
+    """runs/<study>/best/: the best trial's config (full epoch budget) and checkpoint."""
+    trial_cfg = config_from_dict(yaml.safe_load((sdir / "trials" / best["trial_id"] / "config.yaml").read_text()))
+    full = with_updates(trial_cfg, {"train.epochs": cfg.train.epochs})
+    tmp = sdir / ".best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    (tmp / "config.yaml").write_text(
+        f"# raykd retrain {sdir}\n" + yaml.safe_dump(full.model_dump(mode="json", exclude={"search"}), sort_keys=False))
+    shutil.copytree(best["checkpoint"], tmp / "checkpoint")
+    (tmp / "metrics.json").write_text(json.dumps(best, indent=1, default=str))
+    final = sdir / "best"
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def _finish_mlflow(cfg: RaykdConfig, rows: list[dict[str, Any]], study: dict[str, str], best: dict | None) -> None:
+    """Status tags on every child run, no run left RUNNING, and the study's plots on the parent."""
+    from raykd.plots import study_plots
+
+    c = T.client(study["uri"])
+    for r in rows:
+        found = c.search_runs([study["experiment_id"]],
+                              filter_string=f"tags.`{T.TRIAL_TAG}` = '{r['trial_id']}'", max_results=1)
+        if not found:
+            continue
+        run = found[0]
+        log = T.MlflowLogger(study["uri"], run.info.run_id)
+        log.set_tags({T.STATUS_TAG: r["status"], T.CHECKPOINT_TAG: str(r.get("checkpoint"))})
+        if run.info.status == "RUNNING":
+            log.close("KILLED" if r["status"] in ("pruned", "error") else "FINISHED")
+    parent = T.MlflowLogger(study["uri"], study["parent_run_id"])
+    if best:
+        parent.log_metrics({f"best_{cfg.search.metric}": best[cfg.search.metric]}, step=0)
+        parent.set_tags({"raykd.best_trial": best["trial_id"]})
+    out = Path(study["dir"]) / "plots"
+    out.mkdir(exist_ok=True)
+    T.log_artifacts(study["uri"], study["parent_run_id"], study_plots(cfg, rows, out), "plots")
+    parent.close("FINISHED")
