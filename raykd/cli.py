@@ -18,8 +18,21 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distil speech foundation models into tiny wakeword detectors.")
 data_app = typer.Typer(no_args_is_help=True, help="Make or check wakeword datasets.")
 app.add_typer(data_app, name="data")
-console = Console(stderr=False)
-err = Console(stderr=True)
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+@app.callback()
+def _quiet() -> None:
+    """Library chatter (Ray's per-report INFO lines, HF progress bars) stays out of the CLI's output."""
+    import logging
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    for name in ("ray.train", "ray.tune", "ray.train.v2", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set train.lr=0.01 (repeatable).")
 
@@ -159,6 +172,106 @@ def train(config: Path, set_: Optional[list[str]] = SetOpt,
     console.print(f"checkpoint: {out.checkpoint_dir}")
     if out.status != "completed":
         raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def tune(config: Path, set_: Optional[list[str]] = SetOpt,
+         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted study."),
+         smoke: bool = typer.Option(False, "--smoke", help="A few short trials on a small dataset."),
+         address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local Ray).")) -> None:
+    """Search layer subsets and distillation weights: Ray Tune + Optuna, every trial in MLflow."""
+    from raykd.config import with_updates
+    from raykd.tune import SMOKE_UPDATES, run_study
+
+    cfg = _load(config, set_)
+    if cfg.search is None:
+        raise ConfigError([f"search: {config} has no search block; `raykd train` runs a single config"])
+    if smoke:
+        cfg = with_updates(cfg, SMOKE_UPDATES)
+    out = run_study(cfg, config, resume=resume, address=address, progress=_progress)
+    _trials_table(cfg.search.metric, out.rows)
+    if out.best_dir:
+        console.print(f"best trial {out.best['trial_id']}: {cfg.search.metric}={_fmt(out.best[cfg.search.metric])}"
+                      f" -> {out.best_dir}")
+    console.print(f"MLflow: `mlflow ui --backend-store-uri {_uri(cfg)}` (experiment {cfg.tracking.experiment})")
+
+
+def _uri(cfg: RaykdConfig) -> str:
+    from raykd.tracking import tracking_uri
+
+    return tracking_uri(cfg)
+
+
+def _trials_table(metric: str, rows: list[dict], top: int = 10) -> None:
+    ranked = sorted(rows, key=lambda r: (r.get(metric) is None, -(r.get(metric) or 0.0)))
+    table = Table(title=f"trials (best {min(top, len(rows))} of {len(rows)} by {metric})")
+    keys = sorted({k for r in rows for k in r.get("params", {})})
+    for c in ["trial", "status", "epochs", metric, *keys]:
+        table.add_column(c, justify="right")
+    for r in ranked[:top]:
+        p = r.get("params", {})
+        table.add_row(r["trial_id"], r["status"], str(r.get("epochs", "")), _fmt(r.get(metric)),
+                      *[_fmt(p.get(k)) for k in keys])
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def best(study_dir: Path) -> None:
+    """Show a finished study's trials, best first."""
+    import json
+
+    trials = study_dir / "trials.json"
+    if not trials.is_file():
+        raise UserError(f"{trials}: no finished study here (run `raykd tune` first)")
+    cfg = load_config(study_dir / "search_space.yaml")
+    _trials_table(cfg.search.metric, json.loads(trials.read_text()), top=1000)
+
+
+@app.command()
+@user_errors
+def retrain(study_dir: Path, set_: Optional[list[str]] = SetOpt) -> None:
+    """Train the study's best config on the full epoch budget -> <study>/retrain."""
+    from raykd.train import fit
+
+    best_cfg = study_dir / "best" / "config.yaml"
+    if not best_cfg.is_file():
+        raise UserError(f"{best_cfg}: no best config (did the study finish?)")
+    cfg = _load(best_cfg, set_)
+    out = fit(cfg, study_dir / "retrain", on_epoch=lambda row, _c=None: console.print(
+        f"epoch {row['epoch']}: val_accuracy={_fmt(row.get('val_accuracy'))} "
+        f"val_fa_per_hour={_fmt(row.get('val_fa_per_hour'))}", highlight=False), progress=_progress)
+    console.print(_epoch_table(out.history, f"retrain {cfg.name}: {out.status}"))
+    console.print(f"checkpoint: {out.checkpoint_dir}  (export it: raykd export {study_dir / 'retrain'})")
+
+
+@app.command()
+@user_errors
+def export(checkpoint: Path, out: Optional[Path] = typer.Option(None, help="Default: <checkpoint>/export."),
+           register: bool = typer.Option(True, help="Register the model in MLflow's registry.")) -> None:
+    """Write the student alone as ONNX (+ JSON sidecar), check parity with onnxruntime."""
+    from raykd.export import export_onnx, resolve_checkpoint
+
+    # Default: beside the checkpoint it came from (<run>/checkpoint/export).
+    res = export_onnx(checkpoint, out or resolve_checkpoint(checkpoint).parent / "export", register=register)
+    console.print(f"ONNX: {res.onnx_path} ({res.params:,} student parameters, no projectors)\n"
+                  f"sidecar: {res.sidecar_path}\nparity onnxruntime vs PyTorch: max |diff| = {res.max_abs_diff:.2e}"
+                  + (f"\nregistered version: {res.registered_version}" if res.registered_version else ""))
+
+
+@app.command("eval")
+@user_errors
+def eval_(model: Path, data: Path, threshold: Optional[float] = typer.Option(None)) -> None:
+    """Accuracy, false-reject rate and false accepts per hour of an exported model on a folder or CSV."""
+    from raykd.export import evaluate_onnx
+
+    m = evaluate_onnx(model, data, threshold)
+    table = Table(title=f"{model} on {data}")
+    for k in m:
+        table.add_column(k, justify="right")
+    table.add_row(*[_fmt(v) for v in m.values()])
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover - console script entry

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raykd import metrics as M
+from raykd.checkpoint import BEST_FILE, CHECKPOINT_FILE, CHECKPOINT_FORMAT
 from raykd.config import RaykdConfig, config_from_dict
 from raykd.data.augment import augment_waveforms, load_noise_bank, spec_augment
 from raykd.data.dataset import WaveformSet
@@ -37,9 +38,6 @@ from raykd.models.projector import build_projectors
 from raykd.models.student import build_student
 from raykd.models.teachers import Teacher, load_teacher
 
-CHECKPOINT_FILE = "checkpoint.pt"  # latest full training state
-BEST_FILE = "best.pt"  # best-so-far student + projectors + its metrics
-CHECKPOINT_FORMAT = 1
 
 
 class StudentWithProjectors(nn.Module):
@@ -241,6 +239,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         logger = MlflowLogger(**loop_config["tracking"])
         logger.log_config({**config_params(cfg), **{f"layer_map.{n}": str(m) for n, m in mapping.items()}})
 
+    # A trace (tests, debugging): which clips each rank saw, its pid, where it (re)started.
+    trace = Path(loop_config["trace_dir"]) if loop_config.get("trace_dir") else None
+    if trace is not None:
+        with open(trace / f"rank{rank}.starts", "a") as f:
+            f.write(f"{os.getpid()} {start_epoch}\n")
+
     # 5. Epochs.
     status, prev_tmp = "completed", None
     g = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000 + rank)
@@ -249,6 +253,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         sums: dict[str, float] = {}
         steps = 0
         idx = shard_indices(len(train_set), rank, world, epoch, cfg.seed)
+        if trace is not None:
+            torch.save(idx, trace / f"rank{rank}.epoch{epoch + 1}.idx")
         model.train()
         for i in range(0, len(idx) - (len(idx) % cfg.train.batch_size if world > 1 else 0), cfg.train.batch_size):
             b = idx[i:i + cfg.train.batch_size]
@@ -284,7 +290,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             optimizer.step()
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + v.item()
             steps += 1
 
         # 6. Evaluate, measure memory, report (every rank: report is a barrier).
@@ -327,6 +333,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             prev_tmp = tmp
         if status != "completed":
             break
+    if trace is not None:
+        torch.save(core.student.state_dict(), trace / f"rank{rank}.student.pt")
     return {"status": status, "history": history, "best": best,
             "mapping": {n: {int(k): v for k, v in m.items()} for n, m in mapping.items()}}
 
@@ -392,7 +400,8 @@ def ensure_ray(address: str | None = None) -> None:
 
 
 def build_trainer(cfg: RaykdConfig, inputs: Inputs, run_dir: Path, callbacks: list | None = None,
-                  on_epoch: Callable[[dict], None] | None = None, tracking: dict[str, str] | None = None):
+                  on_epoch: Callable[[dict], None] | None = None, tracking: dict[str, str] | None = None,
+                  trace_dir: Path | None = None):
     """The Ray Train V2 TorchTrainer for one distillation run (also used inside Tune trials)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -408,6 +417,7 @@ def build_trainer(cfg: RaykdConfig, inputs: Inputs, run_dir: Path, callbacks: li
         "val": inputs.val if local else ray.put(inputs.val),
         "on_epoch": on_epoch if local else None,
         "tracking": tracking,
+        "trace_dir": str(trace_dir) if trace_dir else None,
     }
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
     return TorchTrainer(
@@ -446,7 +456,8 @@ def finish(result: Any, run_dir: Path) -> TrainOutcome:
 
 
 def fit(cfg: RaykdConfig, run_dir: Path, inputs: Inputs | None = None,
-        on_epoch: Callable[[dict], None] | None = None, progress: Callable[[str], None] | None = None) -> TrainOutcome:
+        on_epoch: Callable[[dict], None] | None = None, progress: Callable[[str], None] | None = None,
+        trace_dir: Path | None = None) -> TrainOutcome:
     """One distillation run through Ray Train; returns the outcome and leaves run_dir/checkpoint."""
     from raykd import tracking as T
 
@@ -463,7 +474,7 @@ def fit(cfg: RaykdConfig, run_dir: Path, inputs: Inputs | None = None,
         run_id = T.client(uri).create_run(exp, tags={T.KIND_TAG: "train", "mlflow.runName": run_dir.name}).info.run_id
         track = {"uri": uri, "run_id": run_id}
     try:
-        result = build_trainer(cfg, inputs, run_dir, on_epoch=on_epoch, tracking=track).fit()
+        result = build_trainer(cfg, inputs, run_dir, on_epoch=on_epoch, tracking=track, trace_dir=trace_dir).fit()
     except BaseException:
         if track:
             T.MlflowLogger(**track).close("FAILED")  # never a run left RUNNING forever

@@ -23,7 +23,9 @@ from raykd.config import (
     CategoricalParam, IntParam, LayerSubsetParam, LogUniformParam, RaykdConfig, SearchConfig,
     UniformParam, config_from_dict, with_updates,
 )
-from raykd.train import BEST_FILE, Inputs, build_trainer, prepare
+from raykd.errors import UserError
+from raykd.checkpoint import BEST_FILE
+from raykd.train import Inputs, build_trainer, prepare
 
 CHECKPOINT_PATH = "checkpoint_path"  # set by TuneReportCallback; we set it in local mode too
 GUIDE_WEIGHT = 0.1  # the guide's recommended feature_alignment_weight
@@ -188,9 +190,9 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
     sdir = study_dir(cfg)
     tuner_dir = sdir / "tune"
     if resume and not tune.Tuner.can_restore(str(tuner_dir)):
-        raise FileNotFoundError(f"--resume: no study to resume at {tuner_dir}")
+        raise UserError(f"--resume: no study to resume at {tuner_dir}")
     if not resume and tuner_dir.exists():
-        raise FileExistsError(f"study {cfg.name} already exists at {sdir}: resume it with --resume, "
+        raise UserError(f"study {cfg.name} already exists at {sdir}: resume it with --resume, "
                               f"or pick another name with --set name=...")
 
     # Everything that can fail fast does, before data, teachers or Ray start.

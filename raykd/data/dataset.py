@@ -14,6 +14,7 @@ Without a split column, speakers are split deterministically by the hash of thei
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 import torchaudio
 
 from raykd.config import fingerprint
+from raykd.errors import UserError
 
 SPLITS = ("train", "val", "test")
 AUDIO_EXTS = (".wav", ".flac", ".ogg")
@@ -61,7 +63,7 @@ class WaveformSet:
         return len(self) * int(self.waves.shape[-1]) / self.sample_rate
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset that cannot be used (missing folder or manifest, bad row, empty split)."""
 
 
@@ -93,6 +95,20 @@ def fit_length(wave: torch.Tensor, n: int) -> torch.Tensor:
     return F.pad(wave, (left, n - s - left))
 
 
+@functools.lru_cache(maxsize=8)
+def _resampler(orig: int, new: int) -> torchaudio.transforms.Resample:
+    return torchaudio.transforms.Resample(orig, new)
+
+
+def resample(wave: torch.Tensor, orig: int, new: int) -> torch.Tensor:
+    """(..., S) at orig Hz -> (..., S') at new Hz; same numbers as torchaudio.functional.resample,
+    with the sinc kernel built once per rate pair (building it costs more than applying it)."""
+    if orig == new:
+        return wave
+    with torch.no_grad():
+        return _resampler(orig, new)(wave)
+
+
 def _reason(e: Exception) -> str:
     # soundfile's message repeats the path; its error_string is just the reason
     text = getattr(e, "error_string", None) or str(e) or type(e).__name__
@@ -117,7 +133,7 @@ def check_audio(path: Path) -> None:
 def read_audio(path: str | Path, sample_rate: int, clip_samples: int | None = None) -> torch.Tensor:
     """Decode a file to (S,) float32 mono at sample_rate; centre crop/pad to clip_samples if given.
 
-    Channels are averaged; other rates are resampled (torchaudio.functional.resample).
+    Channels are averaged; other rates are resampled (cached torchaudio resampling kernel).
     Raises AudioError("<path>: <reason>") for missing, empty, corrupt or non-finite audio.
     """
     path = Path(path)
@@ -132,11 +148,19 @@ def read_audio(path: str | Path, sample_rate: int, clip_samples: int | None = No
         raise AudioError(f"{path}: NaN or infinite samples")
     wave = torch.from_numpy(data.mean(axis=1, dtype=np.float32))
     if sr != sample_rate:
-        wave = torchaudio.functional.resample(wave, sr, sample_rate)
+        wave = resample(wave, sr, sample_rate)
     return fit_length(wave, clip_samples) if clip_samples else wave
 
 
 # ----------------------------------------------------------------------------- sources
+
+
+def split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(n_val, n_test) speakers out of n; from 3 speakers on, val and test get at least one."""
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    if n >= 3:
+        n_val, n_test = max(n_val, 1), max(n_test, 1)
+    return n_val, n_test
 
 
 def split_speakers(speakers: dict[str, bool], val_fraction: float, test_fraction: float) -> dict[str, str]:
@@ -150,10 +174,7 @@ def split_speakers(speakers: dict[str, bool], val_fraction: float, test_fraction
     for has_pos in (True, False):
         group = sorted((s for s, p in speakers.items() if p == has_pos),
                        key=lambda s: hashlib.sha256(s.encode()).hexdigest())
-        n = len(group)
-        n_test, n_val = round(n * test_fraction), round(n * val_fraction)
-        if n >= 3:
-            n_test, n_val = max(n_test, 1), max(n_val, 1)
+        n_val, n_test = split_counts(len(group), val_fraction, test_fraction)
         for i, s in enumerate(group):
             out[s] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
     return out
@@ -232,7 +253,7 @@ def list_clips(cfg) -> list[Clip]:
         return _folder_clips(data)
     if data.source == "manifest":
         return read_manifest(Path(data.manifest), data)
-    hint = f"; run `raykd data synth CONFIG` to synthesise it"
+    hint = "; run `raykd data synth CONFIG` to synthesise it"
     return read_manifest(synth_manifest_path(cfg), data, hint)
 
 
