@@ -102,6 +102,13 @@ def _all_max(values: list[float], device: torch.device, distributed: bool) -> li
     return t.tolist()
 
 
+def _sync_buffers(model: nn.Module) -> None:
+    """BatchNorm running stats are per rank (each saw its own shard): take rank 0's, so every
+    rank evaluates, and rank 0 saves, the same model. Parameters are already equal (DDP)."""
+    for buf in model.buffers():
+        dist.broadcast(buf.data, src=0)
+
+
 def shard_indices(n: int, rank: int, world: int, epoch: int, seed: int) -> torch.Tensor:
     """Disjoint shard of a seeded per-epoch permutation; equal length on every rank (DDP)."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -294,6 +301,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             steps += 1
 
         # 6. Evaluate, measure memory, report (every rank: report is a barrier).
+        if distributed:
+            _sync_buffers(core)
         mem_name, mem_mb = peak_memory_mb(device)
         (mem_mb,) = _all_max([mem_mb], device, distributed)
         row: dict[str, Any] = {M.EPOCH: epoch + 1, mem_name: mem_mb,
