@@ -1,9 +1,10 @@
 """The distillation loop, one function per worker, run by Ray Train.
 
 `train_loop_per_worker` is the whole loop written out top to bottom (nanoGPT style). It runs
-under `ray.train.torch.TorchTrainer` (Ray Train V2): `scaling.num_workers: 0` uses Ray
-Train's in-process local mode (debugging, no actors), N >= 1 runs N DDP workers (gloo on
-CPU, nccl on GPU). `fit` is what the CLI and the search call.
+under `ray.train.torch.TorchTrainer` (Ray Train V2) with N >= 1 DDP workers (gloo on CPU,
+nccl on GPU), or, with `scaling.num_workers: 0`, in this process (debugging, and cheap Tune
+trials on a laptop). `fit` is what the CLI calls; `run_distillation` is one run (also one
+Tune trial).
 
 Who does what, decided once by `is_rank0`: rank 0 writes checkpoints and talks to MLflow;
 every rank trains on its own disjoint shard, evaluates the (small) validation set and
@@ -177,23 +178,55 @@ def evaluate(model: nn.Module, data: WaveformSet, logmel: LogMel, cfg: RaykdConf
 # ----------------------------------------------------------------------------- the loop
 
 
+class RaySession:
+    """A Ray Train worker: rank and world from its context; report/checkpoint through Ray."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+
+    def get_checkpoint_dir(self):
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        return ckpt.as_directory() if ckpt is not None else None
+
+    def report(self, metrics: dict[str, Any], ckpt_dir: str | None) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
+
+
+class InProcessSession:
+    """`scaling.num_workers: 0`: the loop runs in this process (debugging, and inside a Tune
+    trial where Ray Train's context API is not available); checkpoints stay on local disk."""
+
+    rank, world = 0, 1
+
+    def get_checkpoint_dir(self):
+        return None
+
+    def report(self, metrics: dict[str, Any], ckpt_dir: str | None) -> None:
+        pass
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     """One worker's distillation run. Returns (rank 0's value reaches the driver) the history."""
-    import ray.train
-    from ray.train import Checkpoint
-
     # 1. Who am I. Rank 0 writes checkpoints and tracks; all ranks train and report.
     cfg = config_from_dict(loop_config["config"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    in_process = cfg.scaling.num_workers == 0
+    session = InProcessSession() if in_process else RaySession()
+    rank, world = session.rank, session.world
     distributed = world > 1 and dist.is_available() and dist.is_initialized()
     is_rank0 = rank == 0
-    if cfg.scaling.num_workers > 0:
-        import ray.train.torch as rtt
-
-        device = rtt.get_device()
-    else:
+    if in_process:
         device = resolve_device(cfg)
+    else:
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(cfg.seed)
@@ -223,9 +256,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     # 4. Resume from the latest checkpoint (a restarted worker group lands here).
     start_epoch, history, best = 0, [], {}
-    ckpt = ray.train.get_checkpoint()
+    ckpt = session.get_checkpoint_dir()
     if ckpt is not None:
-        with ckpt.as_directory() as d:
+        with ckpt as d:
             state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -234,7 +267,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         best_state = state.get("best_state")
     else:
         best_state = None
-    if cfg.scaling.num_workers > 0:
+    if not in_process:
+        import ray.train.torch
+
         model = ray.train.torch.prepare_model(model, move_to_device=False)
     core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -324,19 +359,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             best = dict(row)
             best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
 
-        checkpoint = None
+        tmp = None
         if is_rank0:
             tmp = tempfile.mkdtemp(prefix="raykd-ckpt-")
             save_checkpoint(Path(tmp), cfg, core, optimizer, divergence, epoch, history, best, best_state, mapping)
-            checkpoint = Checkpoint.from_directory(tmp)
-        ray.train.report(_reportable(row), checkpoint=checkpoint)
+        session.report(dict(row), tmp)
         if logger is not None:
             logger.log_metrics(row, step=epoch + 1)
             logger.set_status(status)
         if loop_config.get("on_epoch") is not None:
-            loop_config["on_epoch"](row, tmp if is_rank0 else None)
-        if is_rank0 and cfg.scaling.num_workers == 0:
-            # Local mode keeps reported checkpoints where they are: keep only the newest.
+            loop_config["on_epoch"](row, tmp)
+        if in_process:
+            # Ray copied nothing: keep only the newest checkpoint dir, the driver moves it.
             if prev_tmp:
                 shutil.rmtree(prev_tmp, ignore_errors=True)
             prev_tmp = tmp
@@ -344,7 +378,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             break
     if trace is not None:
         torch.save(core.student.state_dict(), trace / f"rank{rank}.student.pt")
-    return {"status": status, "history": history, "best": best,
+    return {"status": status, "history": history, "best": best, "checkpoint_dir": prev_tmp,
             "mapping": {n: {int(k): v for k, v in m.items()} for n, m in mapping.items()}}
 
 
@@ -352,11 +386,6 @@ def _better(row: dict[str, Any], best: dict[str, Any], metric: str, mode: str) -
     if not best:
         return True
     return row[metric] > best[metric] if mode == "max" else row[metric] < best[metric]
-
-
-def _reportable(row: dict[str, Any]) -> dict[str, Any]:
-    """Everything is a number except the status string, which Tune and MLflow keep as is."""
-    return dict(row)
 
 
 def save_checkpoint(d: Path, cfg: RaykdConfig, model: StudentWithProjectors, optimizer: torch.optim.Optimizer,
@@ -408,33 +437,41 @@ def ensure_ray(address: str | None = None) -> None:
                  configure_logging=False)
 
 
-def build_trainer(cfg: RaykdConfig, inputs: Inputs, run_dir: Path, callbacks: list | None = None,
-                  on_epoch: Callable[[dict], None] | None = None, tracking: dict[str, str] | None = None,
-                  trace_dir: Path | None = None):
-    """The Ray Train V2 TorchTrainer for one distillation run (also used inside Tune trials)."""
+def run_distillation(cfg: RaykdConfig, inputs: Inputs, run_dir: Path, callbacks: list | None = None,
+                     on_epoch: Callable[[dict, str | None], None] | None = None,
+                     tracking: dict[str, str] | None = None, trace_dir: Path | None = None) -> TrainOutcome:
+    """Run the loop: in this process (num_workers 0) or as a Ray Train V2 TorchTrainer with N
+    DDP workers; leaves run_dir/checkpoint (latest state + best model). Used by `raykd train`,
+    `raykd retrain` and each Tune trial."""
+    s = cfg.scaling
+    loop_config: dict[str, Any] = {
+        "config": cfg.model_dump(mode="json"),
+        "teacher_dirs": inputs.teacher_dirs,
+        "train": inputs.train,
+        "val": inputs.val,
+        "on_epoch": on_epoch if s.num_workers == 0 else None,
+        "tracking": tracking,
+        "trace_dir": str(trace_dir) if trace_dir else None,
+    }
+    if s.num_workers == 0:
+        value = train_loop_per_worker(loop_config)
+        src = value.pop("checkpoint_dir", None)
+        return finish(value, Path(src) if src else None, run_dir, move=True)
+
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    s = cfg.scaling
-    local = s.num_workers == 0
-    loop_config: dict[str, Any] = {
-        "config": cfg.model_dump(mode="json"),
-        "teacher_dirs": inputs.teacher_dirs,
-        # Workers on other nodes read the clips from the object store, not from this disk.
-        "train": inputs.train if local else ray.put(inputs.train),
-        "val": inputs.val if local else ray.put(inputs.val),
-        "on_epoch": on_epoch if local else None,
-        "tracking": tracking,
-        "trace_dir": str(trace_dir) if trace_dir else None,
-    }
+    # Workers on other nodes read the clips from the object store, not from this disk.
+    for key in ("train", "val"):
+        if not isinstance(loop_config[key], ray.ObjectRef):
+            loop_config[key] = ray.put(loop_config[key])
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
-    return TorchTrainer(
+    trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                     resources_per_worker=None if local else resources),
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name="ray", storage_path=str(run_dir.resolve()),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
@@ -442,20 +479,28 @@ def build_trainer(cfg: RaykdConfig, inputs: Inputs, run_dir: Path, callbacks: li
             callbacks=callbacks,
         ),
     )
+    result = trainer.fit()
+    value = result.return_value or {}
+    value.pop("checkpoint_dir", None)
+    if result.checkpoint is None:
+        return finish(value, None, run_dir, move=False)
+    with result.checkpoint.as_directory() as d:
+        return finish(value, Path(d), run_dir, move=False)
 
 
-def finish(result: Any, run_dir: Path) -> TrainOutcome:
-    """Copy the final checkpoint (latest state + best model) to run_dir/checkpoint and summarise."""
+def finish(value: dict[str, Any], src: Path | None, run_dir: Path, move: bool) -> TrainOutcome:
+    """Put the final checkpoint at run_dir/checkpoint (atomically) and write history.json."""
     import json
 
-    value = result.return_value or {}
     ckpt_dir = None
-    if result.checkpoint is not None:
+    if src is not None:
         ckpt_dir = run_dir / "checkpoint"
         tmp = run_dir / ".checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        with result.checkpoint.as_directory() as d:
-            shutil.copytree(d, tmp)
+        if move:
+            shutil.move(str(src), tmp)
+        else:
+            shutil.copytree(src, tmp)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         os.replace(tmp, ckpt_dir)  # never a half-written checkpoint dir
     history = value.get("history", [])
@@ -483,12 +528,11 @@ def fit(cfg: RaykdConfig, run_dir: Path, inputs: Inputs | None = None,
         run_id = T.client(uri).create_run(exp, tags={T.KIND_TAG: "train", "mlflow.runName": run_dir.name}).info.run_id
         track = {"uri": uri, "run_id": run_id}
     try:
-        result = build_trainer(cfg, inputs, run_dir, on_epoch=on_epoch, tracking=track, trace_dir=trace_dir).fit()
+        out = run_distillation(cfg, inputs, run_dir, on_epoch=on_epoch, tracking=track, trace_dir=trace_dir)
     except BaseException:
         if track:
             T.MlflowLogger(**track).close("FAILED")  # never a run left RUNNING forever
         raise
-    out = finish(result, run_dir)
     if track:
         log = T.MlflowLogger(**track)
         log.set_tags({T.STATUS_TAG: out.status, T.CHECKPOINT_TAG: str(out.checkpoint_dir)})

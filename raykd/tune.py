@@ -8,6 +8,7 @@ forced off). Forced values are returned as constants, so Optuna only models real
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from raykd.config import (
 )
 from raykd.errors import UserError
 from raykd.checkpoint import BEST_FILE
-from raykd.train import Inputs, build_trainer, prepare
+from raykd.train import Inputs, prepare, run_distillation
 
 CHECKPOINT_PATH = "checkpoint_path"  # set by TuneReportCallback; we set it in local mode too
 GUIDE_WEIGHT = 0.1  # the guide's recommended feature_alignment_weight
@@ -133,16 +134,14 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], inputs: Inputs, stud
         tracking = {"uri": study["uri"], "run_id": run_id}
 
     if cfg.scaling.num_workers == 0:
-        # Ray Train's local mode has no callbacks: forward each epoch to Tune ourselves.
+        # In-process trial: forward each epoch (and its checkpoint) to Tune ourselves.
         def on_epoch(row: dict[str, Any], ckpt_dir: str | None = None) -> None:
-            from ray.tune import Checkpoint
+            ray.tune.report({**row, CHECKPOINT_PATH: ""},
+                            checkpoint=ray.tune.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
 
-            ray.tune.report({**row, CHECKPOINT_PATH: ckpt_dir or ""},
-                            checkpoint=Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
-
-        build_trainer(cfg, inputs, run_dir, on_epoch=on_epoch, tracking=tracking).fit()
+        run_distillation(cfg, inputs, run_dir, on_epoch=on_epoch, tracking=tracking)
     else:
-        build_trainer(cfg, inputs, run_dir, callbacks=[TuneReportCallback()], tracking=tracking).fit()
+        run_distillation(cfg, inputs, run_dir, callbacks=[TuneReportCallback()], tracking=tracking)
     if tracking:
         T.MlflowLogger(**tracking).close("FINISHED")
 
@@ -229,7 +228,8 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
 
         point = guide_point(search)
         searcher = OptunaSearch(
-            space=lambda t: define_space(t, search), metric=search.metric, mode=search.mode,
+            # a partial, not a lambda: Tune pickles the searcher into its experiment checkpoint
+            space=functools.partial(define_space, search=search), metric=search.metric, mode=search.mode,
             points_to_evaluate=[point] if point else None, sampler=TPESampler(seed=search.seed))
         scheduler = (ASHAScheduler(time_attr=M.EPOCH, max_t=epochs, grace_period=min(search.asha.grace_period, epochs),
                                    reduction_factor=search.asha.reduction_factor)
@@ -264,7 +264,7 @@ def summarise(cfg: RaykdConfig, grid: Any, sdir: Path, study: dict[str, str], ep
         if df is not None and search.metric in df:
             col = df[search.metric]
             best_value = float(col.max() if search.mode == "max" else col.min())
-        rows.append({"trial_id": m["trial_id"], "status": status, "epochs": m[M.EPOCH],
+        rows.append({"trial_id": m["trial_id"], "number": _trial_number(res), "status": status, "epochs": m[M.EPOCH],
                      "params": _params_of(res), search.metric: best_value,
                      "last": {k: v for k, v in m.items() if isinstance(v, (int, float))},
                      "checkpoint": _checkpoint_of(res)})
@@ -277,6 +277,14 @@ def summarise(cfg: RaykdConfig, grid: Any, sdir: Path, study: dict[str, str], ep
     if study.get("uri"):
         _finish_mlflow(cfg, rows, study, best)
     return StudyOutcome(sdir, rows, best, best_dir, study.get("parent_run_id"))
+
+
+def _trial_number(res: Any) -> int | None:
+    """Order in which Tune created the trial (its dir is run_trial_<id>_<number>_...)."""
+    import re
+
+    found = re.search(r"run_trial_[0-9a-f]+_(\d+)_", Path(res.path).name) if res.path else None
+    return int(found.group(1)) if found else None
 
 
 def _params_of(res: Any) -> dict[str, Any]:
