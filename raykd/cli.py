@@ -195,6 +195,9 @@ def tune(config: Path, set_: Optional[list[str]] = SetOpt,
         console.print(f"best trial {out.best['trial_id']}: {cfg.search.metric}={_fmt(out.best[cfg.search.metric])}"
                       f" -> {out.best_dir}")
     console.print(f"MLflow: `mlflow ui --backend-store-uri {_uri(cfg)}` (experiment {cfg.tracking.experiment})")
+    if out.interrupted:
+        err.print(f"[yellow]interrupted:[/yellow] state saved; continue with `raykd tune {config} --resume`")
+        raise typer.Exit(130)
 
 
 def _uri(cfg: RaykdConfig) -> str:

@@ -292,7 +292,9 @@ class SearchConfig(Strict):
     seed: int = 0
     asha: AshaConfig = AshaConfig()
     trial_epochs: int | None = None  # epochs per trial; None = train.epochs
-    initial_points: list[dict[str, Any]] = []  # evaluated first (the guide's recommendation)
+    # evaluated first, after the guide's recommendation: {optuna param: value}; layer params
+    # are "<teacher>.L<layer>": true/false
+    initial_points: list[dict[str, Any]] = []
 
 
 # ----------------------------------------------------------------------------- top level

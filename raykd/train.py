@@ -205,8 +205,12 @@ class InProcessSession:
 
     rank, world = 0, 1
 
+    def __init__(self, get_checkpoint: Callable[[], Any] | None = None):
+        self._get_checkpoint = get_checkpoint  # a resumed Tune trial hands back its last checkpoint
+
     def get_checkpoint_dir(self):
-        return None
+        ckpt = self._get_checkpoint() if self._get_checkpoint else None
+        return ckpt.as_directory() if ckpt is not None else None
 
     def report(self, metrics: dict[str, Any], ckpt_dir: str | None) -> None:
         pass
@@ -217,7 +221,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     # 1. Who am I. Rank 0 writes checkpoints and tracks; all ranks train and report.
     cfg = config_from_dict(loop_config["config"])
     in_process = cfg.scaling.num_workers == 0
-    session = InProcessSession() if in_process else RaySession()
+    session = InProcessSession(loop_config.get("get_checkpoint")) if in_process else RaySession()
     rank, world = session.rank, session.world
     distributed = world > 1 and dist.is_available() and dist.is_initialized()
     is_rank0 = rank == 0
@@ -439,7 +443,8 @@ def ensure_ray(address: str | None = None) -> None:
 
 def run_distillation(cfg: RaykdConfig, inputs: Inputs, run_dir: Path, callbacks: list | None = None,
                      on_epoch: Callable[[dict, str | None], None] | None = None,
-                     tracking: dict[str, str] | None = None, trace_dir: Path | None = None) -> TrainOutcome:
+                     tracking: dict[str, str] | None = None, trace_dir: Path | None = None,
+                     get_checkpoint: Callable[[], Any] | None = None) -> TrainOutcome:
     """Run the loop: in this process (num_workers 0) or as a Ray Train V2 TorchTrainer with N
     DDP workers; leaves run_dir/checkpoint (latest state + best model). Used by `raykd train`,
     `raykd retrain` and each Tune trial."""
@@ -452,6 +457,7 @@ def run_distillation(cfg: RaykdConfig, inputs: Inputs, run_dir: Path, callbacks:
         "on_epoch": on_epoch if s.num_workers == 0 else None,
         "tracking": tracking,
         "trace_dir": str(trace_dir) if trace_dir else None,
+        "get_checkpoint": get_checkpoint if s.num_workers == 0 else None,
     }
     if s.num_workers == 0:
         value = train_loop_per_worker(loop_config)

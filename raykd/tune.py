@@ -139,7 +139,8 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], inputs: Inputs, stud
             ray.tune.report({**row, CHECKPOINT_PATH: ""},
                             checkpoint=ray.tune.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
 
-        run_distillation(cfg, inputs, run_dir, on_epoch=on_epoch, tracking=tracking)
+        run_distillation(cfg, inputs, run_dir, on_epoch=on_epoch, tracking=tracking,
+                         get_checkpoint=ray.tune.get_checkpoint)
     else:
         run_distillation(cfg, inputs, run_dir, callbacks=[TuneReportCallback()], tracking=tracking)
     if tracking:
@@ -169,6 +170,7 @@ class StudyOutcome:
     best: dict[str, Any] | None
     best_dir: Path | None
     parent_run_id: str | None
+    interrupted: bool = False  # Ctrl-C / SIGINT: state saved, continue with --resume
 
 
 def study_dir(cfg: RaykdConfig) -> Path:
@@ -207,9 +209,12 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
     study: dict[str, str] = {"name": cfg.name, "dir": str(sdir)}
     if uri:
         exp = T.experiment_id(uri, cfg.tracking.experiment)
-        parent = T.find_or_create_run(uri, exp, tags={T.KIND_TAG: "study"}, match={T.STUDY_TAG: cfg.name},
+        parent = T.find_or_create_run(uri, exp, tags={}, match={T.STUDY_TAG: cfg.name, T.KIND_TAG: "study"},
                                       name=cfg.name)
-        T.log_artifacts(uri, parent, [sdir / "search_space.yaml"])
+        if resume:
+            T.client(uri).update_run(parent, status="RUNNING")  # reopened: it was closed as KILLED
+        else:
+            T.log_artifacts(uri, parent, [sdir / "search_space.yaml"])
         study.update(uri=uri, experiment_id=exp, parent_run_id=parent)
 
     # Teachers and clips go to the object store once; every trial reads the same objects.
@@ -227,10 +232,11 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
         from optuna.samplers import TPESampler
 
         point = guide_point(search)
+        points = ([point] if point else []) + [dict(p) for p in search.initial_points]
         searcher = OptunaSearch(
             # a partial, not a lambda: Tune pickles the searcher into its experiment checkpoint
             space=functools.partial(define_space, search=search), metric=search.metric, mode=search.mode,
-            points_to_evaluate=[point] if point else None, sampler=TPESampler(seed=search.seed))
+            points_to_evaluate=points or None, sampler=TPESampler(seed=search.seed))
         scheduler = (ASHAScheduler(time_attr=M.EPOCH, max_t=epochs, grace_period=min(search.asha.grace_period, epochs),
                                    reduction_factor=search.asha.reduction_factor)
                      if search.asha.enabled else None)
@@ -243,21 +249,29 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
                                       failure_config=tune.FailureConfig(max_failures=1), verbose=0),
         )
     grid = tuner.fit()
-    return summarise(cfg, grid, sdir, study, epochs)
+    # Tune returns normally on Ctrl-C; a finished trial's last result has done=True.
+    interrupted = len(grid) < search.num_samples or any(
+        r.error is None and not (r.metrics or {}).get("done") for r in grid)
+    return summarise(cfg, grid, sdir, study, epochs, interrupted)
 
 
-def summarise(cfg: RaykdConfig, grid: Any, sdir: Path, study: dict[str, str], epochs: int) -> StudyOutcome:
+def summarise(cfg: RaykdConfig, grid: Any, sdir: Path, study: dict[str, str], epochs: int,
+              interrupted: bool = False) -> StudyOutcome:
     """Trial table, best/ folder, MLflow statuses and plots at the end of a study."""
     search = cfg.search or SearchConfig()
     rows = []
     for res in grid:
+        unfinished = res.error is None and not (res.metrics or {}).get("done")
         if res.metrics is None or M.EPOCH not in (res.metrics or {}):
-            rows.append({"trial_id": (res.metrics or {}).get("trial_id", "?"), "status": "error",
+            rows.append({"trial_id": _trial_id(res), "number": _trial_number(res),
+                         "status": "interrupted" if unfinished else "error",
                          "params": _params_of(res), "error": str(res.error)[:200]})
             continue
         m = res.metrics
         status = m.get(M.STATUS, "completed")
-        if status == "completed" and m[M.EPOCH] < epochs:
+        if unfinished:
+            status = "interrupted"
+        elif status == "completed" and m[M.EPOCH] < epochs:
             status = "pruned"  # ASHA stopped it: merely poor
         df = res.metrics_dataframe
         best_value = m[search.metric]
@@ -275,8 +289,18 @@ def summarise(cfg: RaykdConfig, grid: Any, sdir: Path, study: dict[str, str], ep
     (sdir / "trials.json").write_text(json.dumps(rows, indent=1, default=str))
     best_dir = write_best(cfg, best, sdir) if best else None
     if study.get("uri"):
-        _finish_mlflow(cfg, rows, study, best)
-    return StudyOutcome(sdir, rows, best, best_dir, study.get("parent_run_id"))
+        _finish_mlflow(cfg, rows, study, best, interrupted)
+    return StudyOutcome(sdir, rows, best, best_dir, study.get("parent_run_id"), interrupted)
+
+
+def _trial_id(res: Any) -> str:
+    """A trial that never reported has no metrics: its id is in its dir name."""
+    import re
+
+    if res.metrics and "trial_id" in res.metrics:
+        return res.metrics["trial_id"]
+    found = re.search(r"run_trial_([0-9a-f]+)_", Path(res.path).name) if res.path else None
+    return found.group(1) if found else "?"
 
 
 def _trial_number(res: Any) -> int | None:
@@ -317,21 +341,23 @@ def write_best(cfg: RaykdConfig, best: dict[str, Any], sdir: Path) -> Path:
     return final
 
 
-def _finish_mlflow(cfg: RaykdConfig, rows: list[dict[str, Any]], study: dict[str, str], best: dict | None) -> None:
+def _finish_mlflow(cfg: RaykdConfig, rows: list[dict[str, Any]], study: dict[str, str], best: dict | None,
+                   interrupted: bool) -> None:
     """Status tags on every child run, no run left RUNNING, and the study's plots on the parent."""
     from raykd.plots import study_plots
 
     c = T.client(study["uri"])
     for r in rows:
-        found = c.search_runs([study["experiment_id"]],
-                              filter_string=f"tags.`{T.TRIAL_TAG}` = '{r['trial_id']}'", max_results=1)
+        found = c.search_runs([study["experiment_id"]], max_results=1,
+                              filter_string=f"tags.`{T.TRIAL_TAG}` = '{r['trial_id']}' and "
+                                            f"tags.`{T.STUDY_TAG}` = '{cfg.name}'")
         if not found:
             continue
         run = found[0]
         log = T.MlflowLogger(study["uri"], run.info.run_id)
         log.set_tags({T.STATUS_TAG: r["status"], T.CHECKPOINT_TAG: str(r.get("checkpoint"))})
-        if run.info.status == "RUNNING":
-            log.close("KILLED" if r["status"] in ("pruned", "error") else "FINISHED")
+        if run.info.status == "RUNNING" or r["status"] != "interrupted":
+            log.close("KILLED" if r["status"] in ("pruned", "error", "interrupted") else "FINISHED")
     parent = T.MlflowLogger(study["uri"], study["parent_run_id"])
     if best:
         parent.log_metrics({f"best_{cfg.search.metric}": best[cfg.search.metric]}, step=0)
@@ -339,4 +365,6 @@ def _finish_mlflow(cfg: RaykdConfig, rows: list[dict[str, Any]], study: dict[str
     out = Path(study["dir"]) / "plots"
     out.mkdir(exist_ok=True)
     T.log_artifacts(study["uri"], study["parent_run_id"], study_plots(cfg, rows, out), "plots")
-    parent.close("FINISHED")
+    # An interrupted study is closed as KILLED (never left RUNNING); --resume reopens it.
+    parent.set_tags({T.STATUS_TAG: "interrupted" if interrupted else "completed"})
+    parent.close("KILLED" if interrupted else "FINISHED")

@@ -85,3 +85,77 @@ def test_smoke_study_end_to_end(tiny_project, local_ray, tmp_path):
     res = CliRunner().invoke(app, ["eval", str(out), str(root / "data" / "manifest.csv")])
     assert res.exit_code == 0, res.output
     assert "accuracy" in res.output
+
+
+@pytest.mark.slow
+def test_one_diverging_trial_does_not_stop_the_study(tiny_project, local_ray, tmp_path):
+    from raykd.config import config_from_dict
+    from raykd.tune import run_study
+
+    root, _ = tiny_project
+    raw = tiny_config(root, name="diverge", **{"train.grad_clip": 1e9, "train.divergence.patience": 2})
+    raw["search"] = {"params": {"train.lr": {"type": "categorical", "choices": [0.01, 1.0e6]}},
+                     "num_samples": 3, "max_concurrent": 2, "trial_epochs": 3, "asha": {"enabled": False},
+                     "initial_points": [{"train.lr": 0.01}, {"train.lr": 1.0e6}]}
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = run_study(config_from_dict(raw), space)
+    assert len(out.rows) == 3
+    by_lr = {}
+    for r in out.rows:
+        by_lr.setdefault(r["params"]["train.lr"], []).append(r)
+    assert by_lr[1.0e6] and by_lr[0.01]
+    for r in by_lr[1.0e6]:
+        assert r["status"] == "diverged" and r["last"]["diverged"] == 1.0
+        assert math.isfinite(r["val_accuracy"]) and r["epochs"] < 3
+    for r in by_lr[0.01]:
+        assert r["status"] == "completed" and r["epochs"] == 3 and r["last"]["diverged"] == 0.0
+    c, _, children = child_runs(root / "mlflow.db", "diverge")
+    tags = sorted(ch.data.tags["raykd.status"] for ch in children)
+    assert tags == sorted(r["status"] for r in out.rows)
+    assert out.best is not None and out.best["params"]["train.lr"] == 0.01
+
+
+@pytest.mark.slow
+def test_interrupted_study_resumes_without_losing_or_repeating_trials(tiny_project, tmp_path):
+    """Ctrl-C (SIGINT) a running `raykd tune`, then `--resume`: finished trials are kept as they were."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, _ = tiny_project
+    space = write_space(root, tmp_path / "space.yaml", name="resume")
+    raw = yaml.safe_load(space.read_text())
+    raw["search"].update(num_samples=4, max_concurrent=1, trial_epochs=4, asha={"enabled": False})
+    space.write_text(yaml.safe_dump(raw, sort_keys=False))
+    sdir = root / "runs" / "resume"
+    cmd = [sys.executable, "-m", "raykd.cli", "tune", str(space)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    # wait until a trial has reported its last epoch (Tune has its 4th checkpoint), then Ctrl-C
+    while len(list((sdir / "tune").glob("run_trial_*/checkpoint_000003"))) < 1:
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "no trial finished in time"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out
+    assert "--resume" in out
+    first = {r["trial_id"]: r for r in json.loads((sdir / "trials.json").read_text())}
+    done_before = {t: r for t, r in first.items() if r["status"] in ("completed", "pruned")}
+    assert len(done_before) >= 1 and len(done_before) < 4
+
+    res = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    after = {r["trial_id"]: r for r in json.loads((sdir / "trials.json").read_text())}
+    assert len(after) == 4 and all(r["status"] in ("completed", "pruned") for r in after.values())
+    for tid, r in done_before.items():  # kept, and not run again (same epochs, same result)
+        assert after[tid]["epochs"] == r["epochs"] and after[tid]["val_accuracy"] == r["val_accuracy"]
+        progress = next((sdir / "tune").glob(f"run_trial_{tid}_*")) / "progress.csv"
+        assert len(progress.read_text().strip().splitlines()) == 1 + r["epochs"], "a finished trial ran again"
+    _, parents, children = child_runs(root / "mlflow.db", "resume")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(ch.data.tags["raykd.trial_id"] for ch in children) == sorted(after), "no duplicate child runs"
