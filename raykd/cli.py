@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from raykd.config import ConfigError, RaykdConfig, load_config
@@ -40,17 +42,28 @@ SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set tr
 def user_errors(fn: Callable) -> Callable:
     """Errors a user can cause are one clear line (or one line per config problem), exit 2."""
 
+    # The message is escaped (a file named "take [final].wav" is named as it is, not eaten as
+    # markup) and soft-wrapped (one line, however long: the terminal wraps it, logs keep it whole).
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except ConfigError as e:
-            err.print(f"[red]error:[/red] {e.source + ': ' if e.source else ''}invalid config")
+            err.print(f"[red]error:[/red] {escape(e.source + ': ' if e.source else '')}invalid config",
+                      highlight=False, soft_wrap=True)
             for line in e.errors:
-                err.print(f"  {line}", markup=False, highlight=False)
+                err.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         except UserError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False)
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        except OSError as e:
+            # A full disk (checkpoints, teacher store, MLflow) is the user's to fix, not a bug.
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f"{e.filename}: " if e.filename else ""
+            err.print(f"[red]error:[/red] {escape(where + (e.strerror or str(e)))} (free some space, or point "
+                      "storage_path / cache_dir at another disk)", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
 
     return wrapper
@@ -61,7 +74,14 @@ def _load(path: Path, overrides: Optional[list[str]]) -> RaykdConfig:
 
 
 def _progress(msg: str) -> None:
-    console.print(f"[dim]{msg}[/dim]", highlight=False)
+    console.print(f"[dim]{escape(msg)}[/dim]", highlight=False)
+
+
+def _check_teachers(cfg: RaykdConfig) -> None:
+    """Before data, fine-tuning or Ray: every pretrained teacher id resolves, its layers exist."""
+    from raykd.models.teachers import check_pretrained
+
+    check_pretrained(cfg)
 
 
 def _epoch_table(rows: list[dict[str, Any]], title: str) -> Table:
@@ -138,6 +158,7 @@ def teacher(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
     from raykd.train import resolve_device
 
     cfg = _load(config, set_)
+    _check_teachers(cfg)
     ensure_dataset(cfg)
     train, val = load_split(cfg, "train"), load_split(cfg, "val")
     dirs = ensure_teachers(cfg, train, val, dataset_fingerprint(cfg), resolve_device(cfg), _progress)
@@ -154,6 +175,8 @@ def train(config: Path, set_: Optional[list[str]] = SetOpt,
     from raykd.train import fit
 
     cfg = _load(config, set_)
+    if cfg.distillation.enabled:
+        _check_teachers(cfg)
     run_dir = run_dir or cfg.storage_path / f"{cfg.name}-train"
     n = count_params(build_student(cfg.student, cfg.features.n_mels))
     console.print(f"student: TinyConv, {n:,} parameters; aligned layers: {cfg.aligned_layers() or 'none'}")
@@ -189,6 +212,8 @@ def tune(config: Path, set_: Optional[list[str]] = SetOpt,
         raise ConfigError([f"search: {config} has no search block; `raykd train` runs a single config"])
     if smoke:
         cfg = with_updates(cfg, SMOKE_UPDATES)
+    if cfg.distillation.enabled:
+        _check_teachers(cfg)
     out = run_study(cfg, config, resume=resume, address=address, progress=_progress)
     _trials_table(cfg.search.metric, out.rows)
     if out.best_dir:

@@ -82,7 +82,7 @@ class AugmentConfig(Strict):
     freq_mask_width: int = Field(6, ge=0)
     time_masks: int = Field(2, ge=0)
     time_mask_width: int = Field(10, ge=0)
-    cache_views: int = Field(2, ge=1)  # fixed augmented views per clip when teachers are cached
+    views: int = Field(2, ge=1)  # fixed augmented views per clip (what the teacher-output cache stores)
 
     @field_validator("snr_db", "gain_db")
     @classmethod
@@ -228,6 +228,13 @@ class ScalingConfig(Strict):
     gpus_per_worker: float = Field(1.0, ge=0)
 
 
+class TeacherCacheConfig(Strict):
+    """Frozen teachers' outputs computed once per (teachers, data, augmentation views) and reused."""
+
+    enabled: bool = True
+    max_gb: float = Field(8.0, gt=0)  # refuse to build a bigger cache (estimated before building)
+
+
 class TrackingConfig(Strict):
     enabled: bool = True
     uri: str | None = None  # None = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
@@ -312,6 +319,7 @@ class RaykdConfig(Strict):
     distillation: DistillConfig = DistillConfig()
     train: TrainConfig = TrainConfig()
     scaling: ScalingConfig = ScalingConfig()
+    teacher_cache: TeacherCacheConfig = TeacherCacheConfig()
     tracking: TrackingConfig = TrackingConfig()
     search: SearchConfig | None = None
 
@@ -402,7 +410,7 @@ def _cross_check(cfg: RaykdConfig) -> list[str]:
 
 # Data, features and teachers are prepared once per study (dataset, fine-tuned teachers,
 # teacher-output caches); a search over them would silently mix trials on different inputs.
-PREPARED_ONCE = ("data", "features", "teachers", "cache_dir", "storage_path", "name", "search")
+PREPARED_ONCE = ("data", "features", "teachers", "cache_dir", "storage_path", "name", "search", "teacher_cache")
 
 
 def _check_search(cfg: RaykdConfig) -> list[str]:

@@ -31,9 +31,12 @@ from torch import nn
 from raykd import metrics as M
 from raykd.checkpoint import BEST_FILE, CHECKPOINT_FILE, CHECKPOINT_FORMAT
 from raykd.config import RaykdConfig, config_from_dict
-from raykd.data.augment import augment_waveforms, load_noise_bank, spec_augment
+from raykd.data.augment import load_noise_bank, spec_augment
 from raykd.data.dataset import WaveformSet
 from raykd.data.features import LogMel
+from raykd.distill.cache import (
+    TeacherCache, augment_views, n_views, stored, student_frames, teacher_targets, view_index,
+)
 from raykd.distill.losses import DistillLoss, layer_mapping
 from raykd.models.projector import build_projectors
 from raykd.models.student import build_student
@@ -233,29 +236,38 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    torch.manual_seed(cfg.seed)
 
-    # 2. Data (shared through the object store) and frozen teachers.
+    # 2. Data (shared through the object store), and the teachers: their cached outputs
+    #    (memory-mapped, built once on the driver) or the frozen models themselves.
     train_set: WaveformSet = _get(loop_config["train"])
     val_set: WaveformSet = _get(loop_config["val"])
-    teachers = load_teachers(loop_config["teacher_dirs"], device) if cfg.distillation.enabled else {}
+    distill = cfg.distillation.enabled
+    cache = TeacherCache.load(loop_config["teacher_cache"]) if distill and loop_config.get("teacher_cache") else None
+    teachers = load_teachers(loop_config["teacher_dirs"], device) if distill and cache is None else {}
+    shapes = cache.shapes if cache is not None else {n: (t.depth, t.layer_dim) for n, t in teachers.items()}
     aligned = cfg.aligned_layers()
+    if cache is not None:
+        cache.check_layers(aligned)
     logmel = LogMel(cfg.features).to(device)
     noise_bank = load_noise_bank(cfg.data.augment, cfg.features.sample_rate, cfg.features.clip_samples)
+    views = n_views(cfg)
+    frames = student_frames(cfg)
 
     # 3. Student + projectors; the layer map is by relative depth unless the config says otherwise.
+    #    Seeded here, after the teachers: loading them (from_pretrained) draws random numbers.
+    torch.manual_seed(cfg.seed)
     student = build_student(cfg.student, cfg.features.n_mels)
     mapping = {
-        name: layer_mapping(teachers[name].depth, layers, cfg.student.blocks,
+        name: layer_mapping(shapes[name][0], layers, cfg.student.blocks,
                             (cfg.distillation.layer_map or {}).get(name))
         for name, layers in aligned.items()
     }
-    dims = {name: {l: teachers[name].layer_dim(l) for l in layers} for name, layers in aligned.items()}
+    dims = {name: {l: shapes[name][1](l) for l in layers} for name, layers in aligned.items()}
     projectors = build_projectors(aligned, dims, cfg.student.width, cfg.distillation.projector_hidden)
     tap_of = {f"{n}.{l}": tap for n, m in mapping.items() for l, tap in m.items()}
     model = StudentWithProjectors(student, projectors, tap_of).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    loss_fn = DistillLoss(cfg.distillation, list(teachers))
+    loss_fn = DistillLoss(cfg.distillation, list(shapes))
     divergence = Divergence(cfg.train.divergence.factor, cfg.train.divergence.patience)
 
     # 4. Resume from the latest checkpoint (a restarted worker group lands here).
@@ -292,7 +304,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             f.write(f"{os.getpid()} {start_epoch}\n")
 
     # 5. Epochs.
-    status, prev_tmp = "completed", None
+    status = "completed"
     g = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000 + rank)
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
@@ -306,13 +318,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             b = idx[i:i + cfg.train.batch_size]
             if len(b) == 0:
                 break
-            waves, labels = train_set.waves[b], train_set.labels[b].to(device)
+            labels = train_set.labels[b].to(device)
+            shown = view_index(epoch, b, views)  # the same fixed view with or without the cache
             try:
-                if cfg.data.augment.enabled:
-                    waves = augment_waveforms(waves, cfg.data.augment, cfg.features.sample_rate, g, noise_bank)
-                waves = waves.to(device)
-                with torch.no_grad():
-                    t_out = {n: t(waves, aligned.get(n, [])) for n, t in teachers.items()}
+                if cache is not None:
+                    waves, t_out = cache.batch(b, shown, aligned, device)
+                    waves = waves if waves is not None else train_set.waves[b].to(device)
+                else:
+                    waves = augment_views(train_set.waves[b], b, shown, cfg, noise_bank)
+                    waves = (stored(waves) if cfg.data.augment.enabled else waves).to(device)
+                    with torch.no_grad():
+                        t_out = {n: teacher_targets(t(waves, aligned.get(n, [])), aligned.get(n, []), frames)
+                                 for n, t in teachers.items()}
                 feats = logmel(waves)
                 if cfg.data.augment.enabled:
                     feats = spec_augment(feats, cfg.data.augment, g)
@@ -363,26 +380,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             best = dict(row)
             best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
 
-        tmp = None
+        ckpt_dir = None
         if is_rank0:
-            tmp = tempfile.mkdtemp(prefix="raykd-ckpt-")
-            save_checkpoint(Path(tmp), cfg, core, optimizer, divergence, epoch, history, best, best_state, mapping)
-        session.report(dict(row), tmp)
+            # In process: straight to run_dir/checkpoint (atomically), so a crash keeps the last
+            # good one. Under Ray: a temp dir that Ray persists to its storage.
+            ckpt_dir = write_checkpoint(Path(loop_config["run_dir"]) / "checkpoint" if in_process else None,
+                                        cfg, core, optimizer, divergence, epoch, history, best, best_state, mapping)
+        session.report(dict(row), ckpt_dir)
         if logger is not None:
             logger.log_metrics(row, step=epoch + 1)
             logger.set_status(status)
         if loop_config.get("on_epoch") is not None:
-            loop_config["on_epoch"](row, tmp)
-        if in_process:
-            # Ray copied nothing: keep only the newest checkpoint dir, the driver moves it.
-            if prev_tmp:
-                shutil.rmtree(prev_tmp, ignore_errors=True)
-            prev_tmp = tmp
+            loop_config["on_epoch"](row, ckpt_dir)
         if status != "completed":
             break
     if trace is not None:
         torch.save(core.student.state_dict(), trace / f"rank{rank}.student.pt")
-    return {"status": status, "history": history, "best": best, "checkpoint_dir": prev_tmp,
+    return {"status": status, "history": history, "best": best,
             "mapping": {n: {int(k): v for k, v in m.items()} for n, m in mapping.items()}}
 
 
@@ -390,6 +404,29 @@ def _better(row: dict[str, Any], best: dict[str, Any], metric: str, mode: str) -
     if not best:
         return True
     return row[metric] > best[metric] if mode == "max" else row[metric] < best[metric]
+
+
+def write_checkpoint(final: Path | None, *args: Any) -> str:
+    """save_checkpoint into a fresh dir; with `final`, swap it into place (the old one stays until
+    the new one is complete). Returns the checkpoint dir."""
+    if final is None:
+        tmp = Path(tempfile.mkdtemp(prefix="raykd-ckpt-"))
+        save_checkpoint(tmp, *args)
+        return str(tmp)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=final.parent))
+    try:
+        save_checkpoint(tmp, *args)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.with_name(".checkpoint.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return str(final)
 
 
 def save_checkpoint(d: Path, cfg: RaykdConfig, model: StudentWithProjectors, optimizer: torch.optim.Optimizer,
@@ -415,6 +452,7 @@ class Inputs:
     val: WaveformSet
     teacher_dirs: dict[str, str]
     dataset_key: str
+    teacher_cache: str | None = None  # dir of cached teacher outputs for the train split
 
 
 def prepare(cfg: RaykdConfig, progress: Callable[[str], None] | None = None) -> Inputs:
@@ -426,10 +464,26 @@ def prepare(cfg: RaykdConfig, progress: Callable[[str], None] | None = None) -> 
     train, val = load_split(cfg, "train"), load_split(cfg, "val")
     key = dataset_fingerprint(cfg)
     dirs: dict[str, str] = {}
+    cache = None
     if cfg.distillation.enabled and cfg.teachers:
         device = resolve_device(cfg)
         dirs = {n: str(p) for n, p in ensure_teachers(cfg, train, val, key, device, progress).items()}
-    return Inputs(train, val, dirs, key)
+        if cfg.teacher_cache.enabled:
+            cache = str(ensure_cache(cfg, train, dirs, key, device, progress))
+    return Inputs(train, val, dirs, key, cache)
+
+
+def ensure_cache(cfg: RaykdConfig, train: WaveformSet, dirs: dict[str, str], dataset_key: str,
+                 device: torch.device, progress: Callable[[str], None] | None = None) -> Path:
+    """The teacher-output cache for this (teachers, data, views, layers): built once, then reused."""
+    from raykd.distill.cache import META, build_cache, cache_key
+
+    key = cache_key(cfg, dirs, dataset_key)
+    root = Path(cfg.cache_dir) / "teacher_outputs" / key
+    if (root / META).is_file():
+        return root
+    noise_bank = load_noise_bank(cfg.data.augment, cfg.features.sample_rate, cfg.features.clip_samples)
+    return build_cache(cfg, train, load_teachers(dirs, device), key, device, noise_bank, progress)
 
 
 def ensure_ray(address: str | None = None) -> None:
@@ -458,11 +512,11 @@ def run_distillation(cfg: RaykdConfig, inputs: Inputs, run_dir: Path, callbacks:
         "tracking": tracking,
         "trace_dir": str(trace_dir) if trace_dir else None,
         "get_checkpoint": get_checkpoint if s.num_workers == 0 else None,
+        "run_dir": str(run_dir.resolve()),
+        "teacher_cache": inputs.teacher_cache,
     }
     if s.num_workers == 0:
-        value = train_loop_per_worker(loop_config)
-        src = value.pop("checkpoint_dir", None)
-        return finish(value, Path(src) if src else None, run_dir, move=True)
+        return finish(train_loop_per_worker(loop_config), None, run_dir)
 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -487,28 +541,24 @@ def run_distillation(cfg: RaykdConfig, inputs: Inputs, run_dir: Path, callbacks:
     )
     result = trainer.fit()
     value = result.return_value or {}
-    value.pop("checkpoint_dir", None)
     if result.checkpoint is None:
-        return finish(value, None, run_dir, move=False)
+        return finish(value, None, run_dir)
     with result.checkpoint.as_directory() as d:
-        return finish(value, Path(d), run_dir, move=False)
+        return finish(value, Path(d), run_dir)
 
 
-def finish(value: dict[str, Any], src: Path | None, run_dir: Path, move: bool) -> TrainOutcome:
-    """Put the final checkpoint at run_dir/checkpoint (atomically) and write history.json."""
+def finish(value: dict[str, Any], src: Path | None, run_dir: Path) -> TrainOutcome:
+    """Copy Ray's final checkpoint to run_dir/checkpoint (atomically) and write history.json."""
     import json
 
-    ckpt_dir = None
+    ckpt_dir = run_dir / "checkpoint"
     if src is not None:
-        ckpt_dir = run_dir / "checkpoint"
         tmp = run_dir / ".checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        if move:
-            shutil.move(str(src), tmp)
-        else:
-            shutil.copytree(src, tmp)
+        shutil.copytree(src, tmp)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         os.replace(tmp, ckpt_dir)  # never a half-written checkpoint dir
+    ckpt_dir = ckpt_dir if ckpt_dir.is_dir() else None
     history = value.get("history", [])
     (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     return TrainOutcome(value.get("status", "completed"), history, value.get("best", {}), ckpt_dir,

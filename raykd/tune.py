@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -136,8 +137,9 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], inputs: Inputs, stud
     if cfg.scaling.num_workers == 0:
         # In-process trial: forward each epoch (and its checkpoint) to Tune ourselves.
         def on_epoch(row: dict[str, Any], ckpt_dir: str | None = None) -> None:
-            ray.tune.report({**row, CHECKPOINT_PATH: ""},
-                            checkpoint=ray.tune.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
+            # Tune takes ownership of what it is given: hand it a copy of run_dir/checkpoint.
+            copy = shutil.copytree(ckpt_dir, tempfile.mkdtemp(prefix="raykd-tune-"), dirs_exist_ok=True)
+            ray.tune.report({**row, CHECKPOINT_PATH: ""}, checkpoint=ray.tune.Checkpoint.from_directory(copy))
 
         run_distillation(cfg, inputs, run_dir, on_epoch=on_epoch, tracking=tracking,
                          get_checkpoint=ray.tune.get_checkpoint)
@@ -218,7 +220,8 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
         study.update(uri=uri, experiment_id=exp, parent_run_id=parent)
 
     # Teachers and clips go to the object store once; every trial reads the same objects.
-    shared = Inputs(ray.put(inputs.train), ray.put(inputs.val), inputs.teacher_dirs, inputs.dataset_key)
+    shared = Inputs(ray.put(inputs.train), ray.put(inputs.val), inputs.teacher_dirs, inputs.dataset_key,
+                    inputs.teacher_cache)
     base = cfg.model_dump(mode="json")
     per_trial = {"CPU": cfg.scaling.cpus_per_worker} if cfg.scaling.num_workers == 0 else {"CPU": 0}
     trainable = tune.with_resources(

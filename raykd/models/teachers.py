@@ -29,7 +29,7 @@ from transformers import (
     Wav2Vec2Model,
 )
 
-from raykd.config import TeacherConfig
+from raykd.config import RaykdConfig, TeacherConfig, config_from_dict
 from raykd.errors import UserError
 
 SAMPLE_RATE = 16_000  # both model families are trained on 16 kHz audio
@@ -160,8 +160,9 @@ def _load_error(name: str, ident: str, reason: str) -> TeacherLoadError:
         "(teachers trained from scratch, no network)")
 
 
-def _from_pretrained(name: str, kind: str, ident: str) -> PreTrainedModel:
-    model_cls, config_cls, model_type = _MODELS[kind]
+def _pretrained_config(name: str, kind: str, ident: str) -> PreTrainedConfig:
+    """The HF config of a hub id or local dir (config.json only), checked against the teacher kind."""
+    _, config_cls, model_type = _MODELS[kind]
     try:
         config = config_cls.from_pretrained(ident)
     except Exception as e:  # network, missing repo, bad id, unreadable dir: all one user error
@@ -170,6 +171,32 @@ def _from_pretrained(name: str, kind: str, ident: str) -> PreTrainedModel:
     if config.model_type != model_type:
         raise _load_error(name, ident, f"it is a '{config.model_type}' model, teacher kind '{kind}' "
                                        f"needs '{model_type}'")
+    return config
+
+
+def check_pretrained(cfg: RaykdConfig) -> None:
+    """Fail fast, before any data or fine-tuning, on every pretrained teacher: its id must
+    resolve (hub, HF cache or local dir) to a model of its kind, and the layers the config
+    aligns or searches must exist in it.
+
+    Only config.json is read (cheap). A hub id's depth is unknown when the config is loaded
+    (validation stays offline), so the layer checks are run again here with the real depth:
+    the errors are the schema's own, naming the dotted key. Raises TeacherLoadError / ConfigError.
+    """
+    depths = {name: int(_pretrained_config(name, t.kind, t.pretrained).num_hidden_layers)
+              for name, t in cfg.teachers.items() if t.pretrained is not None}
+    if not depths:
+        return
+    raw = cfg.model_dump(mode="json")
+    for name, depth in depths.items():  # the same teacher, its depth now known
+        raw["teachers"][name]["pretrained"] = None
+        raw["teachers"][name]["arch"]["num_hidden_layers"] = depth
+    config_from_dict(raw)
+
+
+def _from_pretrained(name: str, kind: str, ident: str) -> PreTrainedModel:
+    model_cls = _MODELS[kind][0]
+    config = _pretrained_config(name, kind, ident)
     try:
         return model_cls.from_pretrained(ident, config=config, dtype=torch.float32)
     except Exception as e:
