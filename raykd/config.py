@@ -297,6 +297,7 @@ class SearchConfig(Strict):
     metric: str = "val_accuracy"
     mode: Literal["min", "max"] = "max"
     seed: int = 0
+    sampler: Literal["tpe", "random"] = "tpe"  # Optuna sampler (random: the baseline benchmarks compare to)
     asha: AshaConfig = AshaConfig()
     trial_epochs: int | None = None  # epochs per trial; None = train.epochs
     # evaluated first, after the guide's recommendation: {optuna param: value}; layer params

@@ -232,14 +232,15 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
         tuner = tune.Tuner.restore(str(tuner_dir), trainable=trainable, resume_unfinished=True,
                                    restart_errored=True)
     else:
-        from optuna.samplers import TPESampler
+        from optuna.samplers import RandomSampler, TPESampler
 
         point = guide_point(search)
         points = ([point] if point else []) + [dict(p) for p in search.initial_points]
         searcher = OptunaSearch(
             # a partial, not a lambda: Tune pickles the searcher into its experiment checkpoint
             space=functools.partial(define_space, search=search), metric=search.metric, mode=search.mode,
-            points_to_evaluate=points or None, sampler=TPESampler(seed=search.seed))
+            points_to_evaluate=points or None,
+            sampler=(TPESampler if search.sampler == "tpe" else RandomSampler)(seed=search.seed))
         scheduler = (ASHAScheduler(time_attr=M.EPOCH, max_t=epochs, grace_period=min(search.asha.grace_period, epochs),
                                    reduction_factor=search.asha.reduction_factor)
                      if search.asha.enabled else None)
