@@ -78,6 +78,15 @@ def test_smoke_study_end_to_end(tiny_project, local_ray, tmp_path):
     res = CliRunner().invoke(app, ["best", str(sdir)])
     assert res.exit_code == 0 and "trials" in res.output
 
+    # retrain: the best config with the full budget (shortened here), a normal run dir
+    res = CliRunner().invoke(app, ["retrain", str(sdir), "--set", "train.epochs=2"])
+    assert res.exit_code == 0, res.output
+    history = json.loads((sdir / "retrain" / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]
+    best_cfg = yaml.safe_load((best / "config.yaml").read_text())
+    assert best_cfg["train"]["epochs"] == 6  # the base budget, not the trial's 2
+    assert (sdir / "retrain" / "checkpoint" / "best.pt").is_file()
+
     out = tmp_path / "export"
     res = CliRunner().invoke(app, ["export", str(best), "--out", str(out)])
     assert res.exit_code == 0, res.output
