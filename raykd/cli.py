@@ -220,6 +220,11 @@ def tune(config: Path, set_: Optional[list[str]] = SetOpt,
         console.print(f"best trial {out.best['trial_id']}: {cfg.search.metric}={_fmt(out.best[cfg.search.metric])}"
                       f" -> {out.best_dir}")
     console.print(f"MLflow: `mlflow ui --backend-store-uri {_uri(cfg)}` (experiment {cfg.tracking.experiment})")
+    if not any(r["status"] in ("completed", "pruned", "diverged", "oom") for r in out.rows):
+        errors = sorted(out.study_dir.glob("tune/*/error.txt"))
+        err.print(f"[red]error:[/red] no trial finished; the first trial's error: "
+                  f"{errors[0].read_text().strip().splitlines()[-1] if errors else 'unknown'}", highlight=False)
+        raise typer.Exit(1)
     if out.interrupted:
         err.print(f"[yellow]interrupted:[/yellow] state saved; continue with `raykd tune {config} --resume`")
         raise typer.Exit(130)

@@ -515,6 +515,23 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RaykdCo
     return config_from_dict(raw, str(path))
 
 
+def absolute_paths(cfg: RaykdConfig) -> RaykdConfig:
+    """Paths made absolute against this process's cwd: Ray workers and Tune trials run in
+    other directories, so a relative `.raykd` there would be a different (empty) folder."""
+    d = cfg.data
+    updates: dict[str, Any] = {"cache_dir": str(Path(cfg.cache_dir).resolve()),
+                               "storage_path": str(Path(cfg.storage_path).resolve()),
+                               "data.root": str(Path(d.root).resolve())}
+    if d.manifest is not None:
+        updates["data.manifest"] = str(Path(d.manifest).resolve())
+    if d.augment.noise_dir is not None:
+        updates["data.augment.noise_dir"] = str(Path(d.augment.noise_dir).resolve())
+    for name, t in cfg.teachers.items():
+        if t.pretrained and Path(t.pretrained).is_dir():  # a local dir, not a hub id
+            updates[f"teachers.{name}.pretrained"] = str(Path(t.pretrained).resolve())
+    return with_updates(cfg, updates)
+
+
 def with_updates(cfg: RaykdConfig, updates: dict[str, Any]) -> RaykdConfig:
     """A new validated config with dotted-key updates applied (used by the search)."""
     raw = cfg.model_dump(mode="json")

@@ -199,7 +199,9 @@ class RaySession:
     def report(self, metrics: dict[str, Any], ckpt_dir: str | None) -> None:
         import ray.train
 
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
+        # Ray copies the checkpoint to its storage; the local temp copy is then removed.
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None,
+                         delete_local_checkpoint_after_upload=True)
 
 
 class InProcessSession:
@@ -458,8 +460,10 @@ class Inputs:
 def prepare(cfg: RaykdConfig, progress: Callable[[str], None] | None = None) -> Inputs:
     """Dataset (synthesised if missing) and fine-tuned teachers (stored once, keyed by config + data)."""
     from raykd.data.dataset import dataset_fingerprint, ensure_dataset, load_split
+    from raykd.models.teachers import check_pretrained
     from raykd.teacher_stage import ensure_teachers
 
+    check_pretrained(cfg)  # a bad hub id or layer fails before any data or fine-tuning
     ensure_dataset(cfg)
     train, val = load_split(cfg, "train"), load_split(cfg, "val")
     key = dataset_fingerprint(cfg)
@@ -570,7 +574,9 @@ def fit(cfg: RaykdConfig, run_dir: Path, inputs: Inputs | None = None,
         trace_dir: Path | None = None) -> TrainOutcome:
     """One distillation run through Ray Train; returns the outcome and leaves run_dir/checkpoint."""
     from raykd import tracking as T
+    from raykd.config import absolute_paths
 
+    cfg = absolute_paths(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     uri = T.tracking_uri(cfg) if cfg.tracking.enabled else None
     if uri:

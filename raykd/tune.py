@@ -93,6 +93,8 @@ def trial_updates(base: RaykdConfig, params: dict[str, Any]) -> dict[str, Any]:
             updates[key] = params[key]
     if any(isinstance(p, LayerSubsetParam) for p in search.params.values()):
         updates["distillation.alignment_layers"] = layers
+        if not any(layers.values()):  # min_size 0 and nothing picked: a logit-KD-only trial
+            updates["distillation.feature_alignment_enabled"] = False
     if search.trial_epochs:
         updates["train.epochs"] = search.trial_epochs
     return updates
@@ -139,7 +141,10 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], inputs: Inputs, stud
         def on_epoch(row: dict[str, Any], ckpt_dir: str | None = None) -> None:
             # Tune takes ownership of what it is given: hand it a copy of run_dir/checkpoint.
             copy = shutil.copytree(ckpt_dir, tempfile.mkdtemp(prefix="raykd-tune-"), dirs_exist_ok=True)
-            ray.tune.report({**row, CHECKPOINT_PATH: ""}, checkpoint=ray.tune.Checkpoint.from_directory(copy))
+            try:
+                ray.tune.report({**row, CHECKPOINT_PATH: ""}, checkpoint=ray.tune.Checkpoint.from_directory(copy))
+            finally:
+                shutil.rmtree(copy, ignore_errors=True)  # Tune has persisted it by now
 
         run_distillation(cfg, inputs, run_dir, on_epoch=on_epoch, tracking=tracking,
                          get_checkpoint=ray.tune.get_checkpoint)
@@ -189,6 +194,9 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
 
     from raykd.train import ensure_ray
 
+    from raykd.config import absolute_paths
+
+    cfg = absolute_paths(cfg)  # trials run in their own directories
     search = cfg.search or SearchConfig()
     sdir = study_dir(cfg)
     tuner_dir = sdir / "tune"
@@ -223,7 +231,9 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
     shared = Inputs(ray.put(inputs.train), ray.put(inputs.val), inputs.teacher_dirs, inputs.dataset_key,
                     inputs.teacher_cache)
     base = cfg.model_dump(mode="json")
-    per_trial = {"CPU": cfg.scaling.cpus_per_worker} if cfg.scaling.num_workers == 0 else {"CPU": 0}
+    # An in-process trial uses a worker's CPUs; a Ray Train trial only hosts the controller
+    # (its workers ask for their own resources), but Tune refuses an empty request.
+    per_trial = {"CPU": cfg.scaling.cpus_per_worker} if cfg.scaling.num_workers == 0 else {"CPU": 0.01}
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, inputs=shared, study=study), per_trial)
     epochs = search.trial_epochs or cfg.train.epochs
@@ -240,7 +250,10 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
             # a partial, not a lambda: Tune pickles the searcher into its experiment checkpoint
             space=functools.partial(define_space, search=search), metric=search.metric, mode=search.mode,
             points_to_evaluate=points or None,
-            sampler=(TPESampler if search.sampler == "tpe" else RandomSampler)(seed=search.seed))
+            # TPE starts with random trials (Optuna's default: 10); on a small budget that would be
+            # the whole study, so a third of the budget (2..10) is random, the rest model-guided.
+            sampler=(TPESampler(seed=search.seed, n_startup_trials=max(2, min(10, search.num_samples // 3)))
+                     if search.sampler == "tpe" else RandomSampler(seed=search.seed)))
         scheduler = (ASHAScheduler(time_attr=M.EPOCH, max_t=epochs, grace_period=min(search.asha.grace_period, epochs),
                                    reduction_factor=search.asha.reduction_factor)
                      if search.asha.enabled else None)
@@ -249,7 +262,11 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
             tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, search_alg=searcher,
                                         scheduler=scheduler, num_samples=search.num_samples,
                                         max_concurrent_trials=search.max_concurrent),
-            run_config=tune.RunConfig(name="tune", storage_path=str(sdir), stop=Backstop(epochs),
+            # The backstop only for in-process trials: stopping a trial kills its actor, and a
+            # TorchTrainer killed mid-fit leaves its workers' placement group behind on a Ray
+            # without the dashboard; Ray Train trials end by themselves on the same conditions.
+            run_config=tune.RunConfig(name="tune", storage_path=str(sdir),
+                                      stop=Backstop(epochs) if cfg.scaling.num_workers == 0 else None,
                                       failure_config=tune.FailureConfig(max_failures=1), verbose=0),
         )
     grid = tuner.fit()

@@ -96,10 +96,6 @@ def test_bad_override_names_the_key(tmp_path, nothing_written):
     nothing_written(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigError, reason=(
-    "tune.trial_updates turns an all-off pick of a min_size 0 subset into alignment_layers "
-    "{wav2vec2: []}, which with_updates rejects (empty while feature_alignment_enabled): the "
-    "trial errors instead of running"))
 def test_empty_layer_pick_of_a_min_size_0_subset_is_repaired_not_an_errored_trial():
     """A search space that validates must not produce trial configs that do not: with
     min_size 0 ("this teacher may go unaligned"), Optuna may switch every layer off."""
