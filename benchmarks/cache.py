@@ -432,25 +432,30 @@ def main() -> None:
     base = tiny_config(root, **{"tracking.enabled": False})
     inputs = prepare(config_from_dict(base))
     report["train_clips"], report["val_clips"] = len(inputs.train), len(inputs.val)
+    def save() -> None:  # after every part: a run cut short keeps what it measured
+        report["loadavg_end"] = load()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1, default=str) + "\n")
+
     # (b) and (c) first: Ray's start and teardown in (a) must not land in the step timings.
     if "b" in args.parts:
         report["b_step"] = part_b(base, root, inputs, args.steps)
+        save()
     if "c" in args.parts:
         report["c_base"] = part_c(args.base_clips, args.base_batches)
+        if "b_step" in report:
+            report["projection"] = projection(report["b_step"], report["c_base"])
+        save()
     if "a" in args.parts:
         report["a_study"] = part_a(base, root, args.study_repeats, args.trials, args.trial_epochs)
-    if "b" in args.parts and "c" in args.parts:
-        report["projection"] = projection(report["b_step"], report["c_base"])
-    report["loadavg_end"] = load()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=str) + "\n")
+        save()
     print_tables(report)
     print(f"written: {args.out}")
 
 
 def print_tables(r: dict[str, Any]) -> None:
     print(f"\ntiny project: {r['train_clips']} train / {r['val_clips']} val clips; {r['cpus']} cpus, "
-          f"load {r['loadavg_start'][0]} -> {r['loadavg_end'][0]}")
+          f"load {r['loadavg_start'][0]} -> {r.get('loadavg_end', ['?'])[0]}")
     if "a_study" in r:
         a = r["a_study"]
         print(f"\n(a) smoke study, {a['search']['num_samples']} trials x {a['search']['trial_epochs']} epochs, "
