@@ -341,7 +341,8 @@ def sidecar_features(side: dict[str, Any]) -> FeatureConfig:
 def read_eval_clips(data_path: str | Path, features: FeatureConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Every clip of a folder (positive/, negative/) or CSV manifest, all splits:
     (N, clip_samples) waves cropped/padded like training, (N,) labels."""
-    from raykd.data.dataset import DatasetError, list_clips, read_audio
+    from raykd.data.audio import DatasetError, read_audio
+    from raykd.data.dataset import list_clips
 
     data_path = Path(data_path)
     if data_path.is_dir():

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from raykd.config import AugmentConfig
-from raykd.data.dataset import AUDIO_EXTS, AudioError, read_audio
+from raykd.data.audio import AUDIO_EXTS, AudioError, read_audio
 
 # Spectral slope of the power spectrum, P(f) ~ 1 / f^alpha.
 COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}

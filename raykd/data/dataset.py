@@ -14,24 +14,18 @@ Without a split column, speakers are split deterministically by the hash of thei
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import soundfile as sf
 import torch
-import torch.nn.functional as F
-import torchaudio
 
 from raykd.config import fingerprint
-from raykd.errors import UserError
+from raykd.data.audio import AUDIO_EXTS, AudioError, DatasetError, check_audio, read_audio
+from raykd.data.synth import is_current, split_counts, synth_manifest_path, synthesize
 
 SPLITS = ("train", "val", "test")
-AUDIO_EXTS = (".wav", ".flac", ".ogg")
-MANIFEST_NAME = "manifest.csv"
 LABELS = {"1": 1, "0": 0, "positive": 1, "negative": 0}
 
 
@@ -63,14 +57,6 @@ class WaveformSet:
         return len(self) * int(self.waves.shape[-1]) / self.sample_rate
 
 
-class DatasetError(UserError):
-    """A dataset that cannot be used (missing folder or manifest, bad row, empty split)."""
-
-
-class AudioError(DatasetError):
-    """An audio file that cannot be used; the message names the file and the reason."""
-
-
 @dataclass(frozen=True)
 class Clip:
     """One row of a dataset: `name` is the path as the manifest wrote it (relative)."""
@@ -82,85 +68,7 @@ class Clip:
     split: str
 
 
-# ----------------------------------------------------------------------------- audio
-
-
-def fit_length(wave: torch.Tensor, n: int) -> torch.Tensor:
-    """(..., S) -> (..., n): centre crop, or zero pad evenly on both sides."""
-    s = wave.shape[-1]
-    if s >= n:
-        start = (s - n) // 2
-        return wave[..., start:start + n]
-    left = (n - s) // 2
-    return F.pad(wave, (left, n - s - left))
-
-
-@functools.lru_cache(maxsize=8)
-def _resampler(orig: int, new: int) -> torchaudio.transforms.Resample:
-    return torchaudio.transforms.Resample(orig, new)
-
-
-def resample(wave: torch.Tensor, orig: int, new: int) -> torch.Tensor:
-    """(..., S) at orig Hz -> (..., S') at new Hz; same numbers as torchaudio.functional.resample,
-    with the sinc kernel built once per rate pair (building it costs more than applying it)."""
-    if orig == new:
-        return wave
-    with torch.no_grad():
-        return _resampler(orig, new)(wave)
-
-
-def _reason(e: Exception) -> str:
-    # soundfile's message repeats the path; its error_string is just the reason
-    text = getattr(e, "error_string", None) or str(e) or type(e).__name__
-    return text.strip().splitlines()[0].rstrip(".")
-
-
-def check_audio(path: Path) -> None:
-    """Header-only check (cheap): the file exists, decodes as audio and is not empty."""
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: empty file (0 bytes)")
-    try:
-        frames = sf.info(str(path)).frames
-    except Exception as e:  # libsndfile raises several types on junk input
-        raise AudioError(f"{path}: not readable as audio ({_reason(e)})") from None
-    if frames == 0:
-        raise AudioError(f"{path}: empty audio (0 samples)")
-
-
-def read_audio(path: str | Path, sample_rate: int, clip_samples: int | None = None) -> torch.Tensor:
-    """Decode a file to (S,) float32 mono at sample_rate; centre crop/pad to clip_samples if given.
-
-    Channels are averaged; other rates are resampled (cached torchaudio resampling kernel).
-    Raises AudioError("<path>: <reason>") for missing, empty, corrupt or non-finite audio.
-    """
-    path = Path(path)
-    check_audio(path)
-    try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:
-        raise AudioError(f"{path}: not readable as audio ({_reason(e)})") from None
-    if data.shape[0] == 0:
-        raise AudioError(f"{path}: empty audio (0 samples)")
-    if not np.isfinite(data).all():
-        raise AudioError(f"{path}: NaN or infinite samples")
-    wave = torch.from_numpy(data.mean(axis=1, dtype=np.float32))
-    if sr != sample_rate:
-        wave = resample(wave, sr, sample_rate)
-    return fit_length(wave, clip_samples) if clip_samples else wave
-
-
 # ----------------------------------------------------------------------------- sources
-
-
-def split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
-    """(n_val, n_test) speakers out of n; from 3 speakers on, val and test get at least one."""
-    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
-    if n >= 3:
-        n_val, n_test = max(n_val, 1), max(n_test, 1)
-    return n_val, n_test
 
 
 def split_speakers(speakers: dict[str, bool], val_fraction: float, test_fraction: float) -> dict[str, str]:
@@ -242,10 +150,6 @@ def _folder_clips(data) -> list[Clip]:
     return _with_splits(clips, data)
 
 
-def synth_manifest_path(cfg) -> Path:
-    return Path(cfg.data.root) / MANIFEST_NAME
-
-
 def list_clips(cfg) -> list[Clip]:
     """Every clip of cfg.data with its split; raises DatasetError naming what is missing."""
     data = cfg.data
@@ -268,7 +172,6 @@ def ensure_dataset(cfg, progress: Callable[[int, int], None] | None = None) -> P
     """
     data = cfg.data
     if data.source == "synth":
-        from raykd.data.synth import is_current, synthesize  # synth pulls in espeak; only when used
         if not is_current(cfg):
             return synthesize(cfg, progress)
         return synth_manifest_path(cfg)

@@ -34,8 +34,9 @@ import torch
 
 from raykd.config import RaykdConfig, fingerprint
 from raykd.data.augment import COLOURS, coloured_noise
-from raykd.data.dataset import DatasetError, resample, split_counts, synth_manifest_path
+from raykd.data.audio import DatasetError, resample
 
+MANIFEST_NAME = "manifest.csv"
 SYNTH_VERSION = 1  # bump when rendering changes, so datasets made by older code are re-made
 STAMP_NAME = "synth.json"
 CLIPS_DIR = "clips"
@@ -182,6 +183,18 @@ def speech_seconds(text: str, speaker: str, rate: int, pitch: int, seed: int = 0
 
 
 # ----------------------------------------------------------------------------- plan
+
+
+def split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(n_val, n_test) speakers out of n; from 3 speakers on, val and test get at least one."""
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    if n >= 3:
+        n_val, n_test = max(n_val, 1), max(n_test, 1)
+    return n_val, n_test
+
+
+def synth_manifest_path(cfg) -> Path:
+    return Path(cfg.data.root) / MANIFEST_NAME
 
 
 def speakers(cfg: RaykdConfig) -> list[str]:

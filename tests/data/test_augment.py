@@ -58,7 +58,7 @@ def test_snr_range_and_noise_bank(tmp_path, write_wav):
 
 
 def test_bad_noise_dir(tmp_path):
-    from raykd.data.dataset import AudioError
+    from raykd.data.audio import AudioError
 
     with pytest.raises(AudioError, match="no such folder"):
         load_noise_bank(only(noise_dir=tmp_path / "none"), SR, S)

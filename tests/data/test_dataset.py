@@ -8,8 +8,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from raykd.data.dataset import (AudioError, DatasetError, dataset_fingerprint, ensure_dataset,
-                                list_clips, load_split, read_audio, split_speakers)
+from raykd.data.audio import AudioError, DatasetError, read_audio
+from raykd.data.dataset import dataset_fingerprint, ensure_dataset, list_clips, load_split, split_speakers
 
 
 def folder_dataset(root, write_wav, speakers=("alice", "bob", "carol", "dave", "erin")):

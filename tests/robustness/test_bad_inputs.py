@@ -155,7 +155,8 @@ def test_bad_audio_file_stops_the_run_before_training_naming_the_file(tmp_path, 
 def test_other_sample_rates_are_resampled_and_stereo_mixed_down(tmp_path):
     """Not errors: a 44.1 kHz stereo and an 8 kHz mono clip load as 16 kHz mono, and train."""
     from raykd.config import config_from_dict
-    from raykd.data.dataset import fit_length, load_split
+    from raykd.data.audio import fit_length
+    from raykd.data.dataset import load_split
 
     raw = folder_config(tmp_path, **{"distillation.enabled": False, "train.epochs": 1,
                                      "tracking.enabled": False})
