@@ -34,14 +34,12 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.conftest.tiny_config: the tiny project the tests use
 
 OUT = Path(__file__).parent / "results" / "cache.json"
 LOCAL = ROOT / "search_spaces" / "wakeword-local.yaml"
@@ -70,7 +68,7 @@ def run_one_study(base: dict[str, Any], root: Path, name: str, cache_on: bool) -
     import yaml
 
     from raykd.config import config_from_dict
-    from raykd.train import prepare
+    from raykd.pipeline import prepare
     from raykd.tune import run_study
 
     raw = {**base, "name": name, "teacher_cache": {"enabled": cache_on}}
@@ -96,7 +94,7 @@ def part_a(base: dict[str, Any], root: Path, repeats: int, trials: int, epochs: 
     import ray
 
     from raykd.config import config_from_dict
-    from raykd.train import prepare
+    from raykd.pipeline import prepare
 
     search = {**STUDY_SEARCH, "num_samples": trials, "trial_epochs": epochs}
     sbase = {**base, "search": search}
@@ -150,7 +148,7 @@ class Step:
         from raykd.distill.losses import DistillLoss, layer_mapping
         from raykd.models.projector import build_projectors
         from raykd.models.student import build_student
-        from raykd.train import StudentWithProjectors
+        from raykd.models.projector import StudentWithProjectors
 
         self.cfg, self.train, self.teachers, self.cache, self.device = cfg, train, teachers, cache, device
         shapes = cache.shapes if cache is not None else {n: (t.depth, t.layer_dim) for n, t in teachers.items()}
@@ -242,7 +240,7 @@ def part_b(base: dict[str, Any], root: Path, inputs: Any, steps: int) -> dict[st
     from raykd.data.augment import load_noise_bank
     from raykd.distill.cache import TeacherCache, build_cache, n_views, student_frames
     from raykd.models.teachers import build_teacher
-    from raykd.train import load_teachers
+    from raykd.distill.targets import load_teachers
 
     dev = torch.device("cpu")
     local = yaml.safe_load(LOCAL.read_text())
@@ -424,8 +422,8 @@ def main() -> None:
     import torch
 
     from raykd.config import config_from_dict
-    from raykd.train import prepare
-    from tests.conftest import tiny_config
+    from raykd.pipeline import prepare
+    from raykd.presets import tiny_config
 
     report: dict[str, Any] = {"smoke": args.smoke, "loadavg_start": load(), "cpus": os.cpu_count(),
                               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,

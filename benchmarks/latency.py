@@ -34,7 +34,7 @@ from raykd.data.features import num_frames
 from raykd.distill.losses import layer_mapping
 from raykd.models.projector import build_projectors, projector_key
 from raykd.models.student import build_student, count_params
-from raykd.train import StudentWithProjectors
+from raykd.models.projector import StudentWithProjectors
 
 TEACHER_DIM = 768  # wav2vec2-base hidden size
 TEACHER_DEPTH = 12

@@ -26,13 +26,11 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.conftest.tiny_config: the tiny project the tests use
 
 OUT = Path(__file__).parent / "results" / "ray_overhead.json"
 
@@ -53,7 +51,7 @@ def worker_threads() -> int:
 def one_run(cfg_dict: dict[str, Any], inputs: Any, run_dir: Path) -> dict[str, Any]:
     """fit() once; wall time, per-epoch seconds and epoch start times (trace file mtimes)."""
     from raykd.config import config_from_dict
-    from raykd.train import fit
+    from raykd.pipeline import fit
 
     cfg = config_from_dict(cfg_dict)
     trace = run_dir / "trace"
@@ -90,8 +88,8 @@ def main() -> None:
     import torch
 
     from raykd.config import config_from_dict
-    from raykd.train import prepare
-    from tests.conftest import tiny_config
+    from raykd.pipeline import prepare
+    from raykd.presets import tiny_config
 
     load_start = os.getloadavg()
     root = args.workdir.resolve()

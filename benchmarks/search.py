@@ -23,13 +23,11 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.conftest.tiny_config: the tiny project the tests use
 
 OUT = Path(__file__).parent / "results" / "search.json"
 SAMPLERS = ("tpe", "random")
@@ -132,8 +130,8 @@ def main() -> None:
     import ray
 
     from raykd.config import config_from_dict
-    from raykd.train import prepare
-    from tests.conftest import tiny_config
+    from raykd.pipeline import prepare
+    from raykd.presets import tiny_config
 
     load_start = os.getloadavg()
     root = args.workdir.resolve()

@@ -77,20 +77,11 @@ def _progress(msg: str) -> None:
     console.print(f"[dim]{escape(msg)}[/dim]", highlight=False)
 
 
-def _check_teachers(cfg: RaykdConfig) -> None:
-    """Before data, fine-tuning or Ray: every pretrained teacher id resolves, its layers exist."""
-    from raykd.models.teachers import check_pretrained
-
-    check_pretrained(cfg)
-
-
 def _epoch_table(rows: list[dict[str, Any]], title: str) -> Table:
     from raykd import metrics as M
 
     table = Table(title=title)
-    cols = [M.EPOCH, M.TRAIN_LOSS, "train_ce", "train_kd", "train_align", M.VAL_ACCURACY, M.VAL_FRR,
-            M.VAL_FA_PER_HOUR, M.VRAM_PEAK_MB, M.RSS_PEAK_MB, M.STATUS]
-    cols = [c for c in cols if any(c in r for r in rows)]
+    cols = M.shown_columns(rows)
     for c in cols:
         table.add_column(c, justify="right")
     for r in rows:
@@ -154,11 +145,12 @@ def _show_manifest(manifest: Path) -> None:
 def teacher(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
     """Fine-tune each teacher (encoder + head) once; stored under cache_dir, keyed by config + data."""
     from raykd.data.dataset import dataset_fingerprint, ensure_dataset, load_split
+    from raykd.models.teachers import check_pretrained
     from raykd.teacher_stage import ensure_teachers
-    from raykd.train import resolve_device
+    from raykd.sessions import resolve_device
 
     cfg = _load(config, set_)
-    _check_teachers(cfg)
+    check_pretrained(cfg)
     ensure_dataset(cfg)
     train, val = load_split(cfg, "train"), load_split(cfg, "val")
     dirs = ensure_teachers(cfg, train, val, dataset_fingerprint(cfg), resolve_device(cfg), _progress)
@@ -171,21 +163,18 @@ def teacher(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
 def train(config: Path, set_: Optional[list[str]] = SetOpt,
           run_dir: Optional[Path] = typer.Option(None, help="Default: <storage_path>/<name>-train.")) -> None:
     """One distillation run (Ray Train; scaling.num_workers: 0 runs in-process)."""
+    from raykd import metrics as M
     from raykd.models.student import build_student, count_params
-    from raykd.train import fit
+    from raykd.pipeline import fit
 
     cfg = _load(config, set_)
-    if cfg.distillation.enabled:
-        _check_teachers(cfg)
     run_dir = run_dir or cfg.storage_path / f"{cfg.name}-train"
     n = count_params(build_student(cfg.student, cfg.features.n_mels))
     console.print(f"student: TinyConv, {n:,} parameters; aligned layers: {cfg.aligned_layers() or 'none'}")
-    rows: list[dict] = []
 
-    def on_epoch(row: dict, _ckpt: Optional[str] = None) -> None:
-        keys = ("train_loss", "train_ce", "train_kd", "train_align", "val_accuracy", "val_frr",
-                "val_fa_per_hour", "vram_peak_mb", "rss_peak_mb")
-        console.print(f"epoch {row['epoch']}: " + "  ".join(f"{k}={_fmt(row[k])}" for k in keys if k in row),
+    def on_epoch(row: dict) -> None:
+        keys = [k for k in M.shown_columns([row]) if k not in (M.EPOCH, M.STATUS)]
+        console.print(f"epoch {row['epoch']}: " + "  ".join(f"{k}={_fmt(row[k])}" for k in keys),
                       highlight=False)
 
     out = fit(cfg, run_dir, on_epoch=on_epoch, progress=_progress)
@@ -212,10 +201,8 @@ def tune(config: Path, set_: Optional[list[str]] = SetOpt,
         raise ConfigError([f"search: {config} has no search block; `raykd train` runs a single config"])
     if smoke:
         cfg = with_updates(cfg, SMOKE_UPDATES)
-    if cfg.distillation.enabled:
-        _check_teachers(cfg)
     out = run_study(cfg, config, resume=resume, address=address, progress=_progress)
-    _trials_table(cfg.search.metric, out.rows)
+    _trials_table(cfg.search.metric, cfg.search.mode, out.rows)
     if out.best_dir:
         console.print(f"best trial {out.best['trial_id']}: {cfg.search.metric}={_fmt(out.best[cfg.search.metric])}"
                       f" -> {out.best_dir}")
@@ -236,9 +223,11 @@ def _uri(cfg: RaykdConfig) -> str:
     return tracking_uri(cfg)
 
 
-def _trials_table(metric: str, rows: list[dict], top: int = 10) -> None:
-    ranked = sorted(rows, key=lambda r: (r.get(metric) is None, -(r.get(metric) or 0.0)))
-    table = Table(title=f"trials (best {min(top, len(rows))} of {len(rows)} by {metric})")
+def _trials_table(metric: str, mode: str, rows: list[dict], top: int = 10) -> None:
+    sign = -1.0 if mode == "max" else 1.0  # best first, whichever way is better
+    ranked = sorted(rows, key=lambda r: (r.get(metric) is None, sign * (r.get(metric) or 0.0)))
+    arrow = "higher" if mode == "max" else "lower"
+    table = Table(title=f"trials (best {min(top, len(rows))} of {len(rows)} by {metric}, {arrow} is better)")
     keys = sorted({k for r in rows for k in r.get("params", {})})
     for c in ["trial", "status", "epochs", metric, *keys]:
         table.add_column(c, justify="right")
@@ -259,20 +248,20 @@ def best(study_dir: Path) -> None:
     if not trials.is_file():
         raise UserError(f"{trials}: no finished study here (run `raykd tune` first)")
     cfg = load_config(study_dir / "search_space.yaml")
-    _trials_table(cfg.search.metric, json.loads(trials.read_text()), top=1000)
+    _trials_table(cfg.search.metric, cfg.search.mode, json.loads(trials.read_text()), top=1000)
 
 
 @app.command()
 @user_errors
 def retrain(study_dir: Path, set_: Optional[list[str]] = SetOpt) -> None:
     """Train the study's best config on the full epoch budget -> <study>/retrain."""
-    from raykd.train import fit
+    from raykd.pipeline import fit
 
     best_cfg = study_dir / "best" / "config.yaml"
     if not best_cfg.is_file():
         raise UserError(f"{best_cfg}: no best config (did the study finish?)")
     cfg = _load(best_cfg, set_)
-    out = fit(cfg, study_dir / "retrain", on_epoch=lambda row, _c=None: console.print(
+    out = fit(cfg, study_dir / "retrain", on_epoch=lambda row: console.print(
         f"epoch {row['epoch']}: val_accuracy={_fmt(row.get('val_accuracy'))} "
         f"val_fa_per_hour={_fmt(row.get('val_fa_per_hour'))}", highlight=False), progress=_progress)
     console.print(_epoch_table(out.history, f"retrain {cfg.name}: {out.status}"))

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ import torch
 from raykd.config import DataConfig, FeatureConfig, RaykdConfig, config_from_dict
 from raykd.data.features import LOG_FLOOR, LogMel, num_frames
 from raykd.errors import UserError
+from raykd.fsutil import atomic_file
 from raykd.models.student import ExportableStudent, TinyConv, build_student, count_params
 
 from raykd.checkpoint import BEST_FILE, CHECKPOINT_FORMAT
@@ -250,18 +248,15 @@ def export_onnx(path: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSE
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"{out_dir}: cannot create the export folder ({e.strerror})") from None
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
-    try:
+    # The ONNX file replaces a previous one only after its parity check passed.
+    with atomic_file(out_dir / ONNX_FILE) as tmp:
         proto = to_onnx(student, cfg.features.n_mels, num_frames(cfg.features), opset)
-        onnx.save(proto, str(tmp / ONNX_FILE))
-        diff = check_parity(student, tmp / ONNX_FILE, parity_inputs(cfg.features, cfg.seed))
+        onnx.save(proto, str(tmp))
+        diff = check_parity(student, tmp, parity_inputs(cfg.features, cfg.seed))
         params = count_params(student)
-        side = build_sidecar(cfg, metrics, params, source, onnx_opset(proto), _sha256(tmp / ONNX_FILE))
-        (tmp / SIDECAR_FILE).write_text(json.dumps(side, indent=1) + "\n")
-        for name in (ONNX_FILE, SIDECAR_FILE):
-            os.replace(tmp / name, out_dir / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        side = build_sidecar(cfg, metrics, params, source, onnx_opset(proto), _sha256(tmp))
+    with atomic_file(out_dir / SIDECAR_FILE) as tmp:
+        tmp.write_text(json.dumps(side, indent=1) + "\n")
     version = register_export(cfg, out_dir, side, diff, uri) if uri else None
     return ExportResult(out_dir / ONNX_FILE, out_dir / SIDECAR_FILE, diff, params, version)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-# Metric names: defined once, used by the loop's report, Tune's metric and MLflow.
+# Metric names: defined once, used by the loop's report, Tune's metric, MLflow and the CLI.
 EPOCH = "epoch"
 TRAIN_LOSS = "train_loss"  # the total; each term is logged as "train_<term>"
 VAL_LOSS = "val_loss"
@@ -23,6 +23,62 @@ DIVERGED = "diverged"  # 1.0 when the loop stopped on divergence
 OOM = "oom"  # 1.0 when the loop stopped on out-of-memory
 STATUS = "status"  # completed | diverged | oom (a string, reported alongside)
 EPOCH_SECONDS = "epoch_seconds"
+
+PENALTY = "penalty"  # a metric's worst value is the config's train.divergence.penalty
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported number: its name, which way is better, the value a diverged/oom epoch
+    reports (finite: Optuna and ASHA cannot rank NaN), and whether the epoch table shows it."""
+
+    name: str
+    mode: str  # "max" | "min": better is higher / lower
+    worst: float | str | None  # reported when the run failed; PENALTY = train.divergence.penalty
+    label: str
+    shown: bool = True  # a column of the CLI's epoch table
+
+
+# The one metric table: the loop's rows, the CLI's tables, export/eval and the validation of
+# `search.metric` all read it. Adding a metric = one line here + where it is computed.
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric(EPOCH, "max", None, "epoch"),
+    Metric(TRAIN_LOSS, "min", PENALTY, "training loss (total)"),
+    Metric("train_ce", "min", None, "cross-entropy term"),
+    Metric("train_kd", "min", None, "logit KD term"),
+    Metric("train_align", "min", None, "feature alignment term"),
+    Metric(VAL_LOSS, "min", PENALTY, "validation cross-entropy"),
+    Metric(VAL_ACCURACY, "max", 0.0, "validation accuracy"),
+    Metric(VAL_FRR, "min", 1.0, "validation false-reject rate"),
+    Metric(VAL_FA_PER_HOUR, "min", PENALTY, "validation false accepts per hour"),
+    Metric(VRAM_PEAK_MB, "min", None, "peak GPU memory (MB)"),
+    Metric(RSS_PEAK_MB, "min", None, "peak process RSS (MB)"),
+    Metric(EPOCH_SECONDS, "min", None, "epoch wall time (s)", shown=False),
+    Metric(DIVERGED, "min", None, "1 = diverged", shown=False),
+    Metric(OOM, "min", None, "1 = out of memory", shown=False),
+)}
+
+# What a study may optimise: validation metrics with a direction.
+SEARCHABLE = tuple(n for n in METRICS if n.startswith("val_"))
+
+
+def failed_row(penalty: float) -> dict[str, float]:
+    """The values a diverged or out-of-memory epoch reports for every metric that has a worst."""
+    return {m.name: penalty if m.worst == PENALTY else float(m.worst)
+            for m in METRICS.values() if m.worst is not None}
+
+
+def better(value: float, than: float | None, mode: str) -> bool:
+    """Is `value` better than `than` (None: nothing yet) in direction `mode`."""
+    if than is None:
+        return True
+    return value > than if mode == "max" else value < than
+
+
+def shown_columns(rows: list[dict]) -> list[str]:
+    """The epoch table's columns: shown metrics that some row has, in table order."""
+    return [n for n, m in METRICS.items() if m.shown and any(n in r for r in rows)] + \
+        ([STATUS] if any(STATUS in r for r in rows) else [])
 
 
 def term_metric(term: str, split: str = "train") -> str:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from raykd import metrics as M
 from raykd.config import LayerSubsetParam, RaykdConfig
+from raykd.layer_keys import layer_param, parse_layer_param
 
-LAYER_KEY = re.compile(r"^(?P<teacher>.+)\.L(?P<layer>\d+)$")
 
 
 def layer_effects(cfg: RaykdConfig, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -26,7 +25,7 @@ def layer_effects(cfg: RaykdConfig, rows: list[dict[str, Any]]) -> dict[str, dic
         if not isinstance(p, LayerSubsetParam):
             continue
         for layer in p.candidates:
-            name = f"{key}.L{layer}"
+            name = layer_param(key, layer)
             on = [r[metric] for r in done if _layer_on(r, cfg, key, layer)]
             off = [r[metric] for r in done if not _layer_on(r, cfg, key, layer)]
             effect = (sum(on) / len(on) - sum(off) / len(off)) if on and off else None
@@ -35,11 +34,11 @@ def layer_effects(cfg: RaykdConfig, rows: list[dict[str, Any]]) -> dict[str, dic
 
 
 def _layer_on(row: dict[str, Any], cfg: RaykdConfig, teacher: str, layer: int) -> bool:
-    return bool(row["params"].get(f"{teacher}.L{layer}", False))
+    return bool(row["params"].get(layer_param(teacher, layer), False))
 
 
 def n_aligned(row: dict[str, Any]) -> int:
-    return sum(bool(v) for k, v in row["params"].items() if LAYER_KEY.match(k))
+    return sum(bool(v) for k, v in row["params"].items() if parse_layer_param(k))
 
 
 def study_plots(cfg: RaykdConfig, rows: list[dict[str, Any]], out: Path) -> list[Path]:

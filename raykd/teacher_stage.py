@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +19,7 @@ import torch.nn.functional as F
 
 from raykd.config import RaykdConfig, TeacherConfig, fingerprint
 from raykd.data.dataset import WaveformSet
+from raykd.fsutil import atomic_dir
 from raykd.models.teachers import META_FILE, Teacher, build_teacher
 
 METRICS_FILE = "metrics.json"
@@ -138,16 +137,10 @@ def ensure_teachers(cfg: RaykdConfig, train: WaveformSet, val: WaveformSet, data
 
 
 def _store(teacher: Teacher, metrics: dict, path: Path) -> None:
-    """Write into a sibling temp dir, then rename: the final dir is complete or absent."""
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+    """Write into a sibling temp dir, then swap: the final dir is complete or absent. A teacher
+    someone else finished first (a concurrent writer) is kept: theirs is as good."""
+    if path.exists() and not is_stored(path):
+        shutil.rmtree(path)  # a stale partial dir from an older layout
+    with atomic_dir(path, keep_existing=True) as tmp:
         teacher.save(tmp)
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-        if path.exists():  # a stale partial dir from an older layout, or a concurrent writer
-            if is_stored(path):
-                return  # someone else finished the same teacher first; theirs is as good
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

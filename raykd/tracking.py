@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from raykd import metrics as M
 from raykd.config import RaykdConfig
 from raykd.errors import UserError
 
@@ -108,7 +109,8 @@ def _retry(fn, *args: Any, attempts: int = 5, **kw: Any) -> Any:
 
 
 class MlflowLogger:
-    """The metric-logger protocol (log_config, log_metrics, set_status, close), rank 0 only."""
+    """A `raykd.loggers.MetricLogger` onto one MLflow run (rank 0 only): params, per-epoch
+    metrics with the run's status tag; `close` ends the run (its owner, the driver, calls it)."""
 
     def __init__(self, uri: str, run_id: str):
         self.uri, self.run_id = uri, run_id
@@ -129,12 +131,14 @@ class MlflowLogger:
         ms = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
         _retry(self._c.log_batch, self.run_id, metrics=ms)
 
+    def log(self, row: dict[str, Any], step: int, checkpoint_dir: str | None = None) -> None:
+        self.log_metrics(row, step)
+        if M.STATUS in row:
+            self.set_tags({STATUS_TAG: str(row[M.STATUS])})
+
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
             _retry(self._c.set_tag, self.run_id, k, v)
-
-    def set_status(self, status: str) -> None:
-        self.set_tags({STATUS_TAG: status})
 
     def close(self, status: str = "FINISHED") -> None:
         _retry(self._c.set_terminated, self.run_id, status)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,17 +20,12 @@ from ray.tune.stopper import Stopper
 
 from raykd import metrics as M
 from raykd import tracking as T
-from raykd.config import (
-    CategoricalParam, IntParam, LayerSubsetParam, LogUniformParam, RaykdConfig, SearchConfig,
-    UniformParam, config_from_dict, with_updates,
-)
-from raykd.errors import UserError
 from raykd.checkpoint import BEST_FILE
-from raykd.train import Inputs, prepare, run_distillation
-
-CHECKPOINT_PATH = "checkpoint_path"  # set by TuneReportCallback; we set it in local mode too
-GUIDE_WEIGHT = 0.1  # the guide's recommended feature_alignment_weight
-GUIDE_LAYERS = {"wav2vec2": [2, 4, 6]}  # the guide's "Pro Tip" for short wakewords
+from raykd.config import LayerSubsetParam, RaykdConfig, SearchConfig, absolute_paths, with_updates
+from raykd.errors import UserError
+from raykd.fsutil import atomic_dir
+from raykd.loggers import CHECKPOINT_PATH, TuneLogger
+from raykd.pipeline import Inputs, ensure_ray, prepare, run_distillation
 
 # A smoke study: the same code path, a few short trials on a small dataset.
 SMOKE_UPDATES: dict[str, Any] = {
@@ -48,36 +42,11 @@ SMOKE_UPDATES: dict[str, Any] = {
 }
 
 
-def layer_param(teacher: str, layer: int) -> str:
-    return f"{teacher}.L{layer}"
-
-
 def define_space(trial: Any, search: SearchConfig) -> dict[str, Any]:
-    """Optuna define-by-run space; returns the forced (constant) layer booleans."""
+    """Optuna define-by-run space: each parameter suggests itself; returns the forced constants."""
     consts: dict[str, Any] = {}
     for key, p in search.params.items():
-        if isinstance(p, LayerSubsetParam):
-            hi = p.max_size if p.max_size is not None else len(p.candidates)
-            chosen = 0
-            for i, layer in enumerate(p.candidates):
-                name, left = layer_param(key, layer), len(p.candidates) - i
-                if chosen + left <= p.min_size:
-                    consts[name] = True
-                elif chosen >= hi:
-                    consts[name] = False
-                else:
-                    consts.pop(name, None)
-                    chosen += bool(trial.suggest_categorical(name, [False, True]))
-                    continue
-                chosen += bool(consts[name])
-        elif isinstance(p, UniformParam):
-            trial.suggest_float(key, p.low, p.high)
-        elif isinstance(p, LogUniformParam):
-            trial.suggest_float(key, p.low, p.high, log=True)
-        elif isinstance(p, IntParam):
-            trial.suggest_int(key, p.low, p.high)
-        elif isinstance(p, CategoricalParam):
-            trial.suggest_categorical(key, p.choices)
+        consts.update(p.suggest(trial, key))
     return consts
 
 
@@ -87,10 +56,7 @@ def trial_updates(base: RaykdConfig, params: dict[str, Any]) -> dict[str, Any]:
     updates: dict[str, Any] = {}
     layers = base.alignment_layers_by_teacher()
     for key, p in search.params.items():
-        if isinstance(p, LayerSubsetParam):
-            layers[key] = [l for l in p.candidates if params.get(layer_param(key, l))]
-        elif key in params:
-            updates[key] = params[key]
+        updates.update(p.updates(key, params, layers))
     if any(isinstance(p, LayerSubsetParam) for p in search.params.values()):
         updates["distillation.alignment_layers"] = layers
         if not any(layers.values()):  # min_size 0 and nothing picked: a logit-KD-only trial
@@ -100,28 +66,28 @@ def trial_updates(base: RaykdConfig, params: dict[str, Any]) -> dict[str, Any]:
     return updates
 
 
+def trial_config(base: RaykdConfig, params: dict[str, Any]) -> RaykdConfig:
+    """The config one trial runs (validated once, here, as it arrives in the trial)."""
+    return with_updates(base, trial_updates(base, params))
+
+
 def guide_point(search: SearchConfig) -> dict[str, Any] | None:
     """The guide's recommendation (wav2vec2 layers 2,4,6; weight 0.1) as the first trial."""
     point: dict[str, Any] = {}
     for key, p in search.params.items():
-        if isinstance(p, LayerSubsetParam) and key in GUIDE_LAYERS:
-            point.update({layer_param(key, l): l in GUIDE_LAYERS[key] for l in p.candidates})
-        elif key == "distillation.feature_alignment_weight" and isinstance(p, (UniformParam, LogUniformParam)):
-            if p.low <= GUIDE_WEIGHT <= p.high:
-                point[key] = GUIDE_WEIGHT
+        point.update(p.guide(key))
     return point or None
 
 
 # ----------------------------------------------------------------------------- one trial
 
 
-def run_trial(params: dict[str, Any], base: dict[str, Any], inputs: Inputs, study: dict[str, str]) -> None:
+def run_trial(params: dict[str, Any], base: RaykdConfig, inputs: Inputs, study: dict[str, str]) -> None:
     """The function trainable: one trial = one Ray Train run (TorchTrainer + TuneReportCallback)."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    base_cfg = config_from_dict(base)
-    cfg = with_updates(base_cfg, trial_updates(base_cfg, params))
+    cfg = trial_config(base, params)
     ctx = ray.tune.get_context()
     trial_id = ctx.get_trial_id()
     run_dir = Path(study["dir"]) / "trials" / trial_id
@@ -137,16 +103,8 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], inputs: Inputs, stud
         tracking = {"uri": study["uri"], "run_id": run_id}
 
     if cfg.scaling.num_workers == 0:
-        # In-process trial: forward each epoch (and its checkpoint) to Tune ourselves.
-        def on_epoch(row: dict[str, Any], ckpt_dir: str | None = None) -> None:
-            # Tune takes ownership of what it is given: hand it a copy of run_dir/checkpoint.
-            copy = shutil.copytree(ckpt_dir, tempfile.mkdtemp(prefix="raykd-tune-"), dirs_exist_ok=True)
-            try:
-                ray.tune.report({**row, CHECKPOINT_PATH: ""}, checkpoint=ray.tune.Checkpoint.from_directory(copy))
-            finally:
-                shutil.rmtree(copy, ignore_errors=True)  # Tune has persisted it by now
-
-        run_distillation(cfg, inputs, run_dir, on_epoch=on_epoch, tracking=tracking,
+        # In-process trial: the loop reports each epoch (and its checkpoint) to Tune itself.
+        run_distillation(cfg, inputs, run_dir, loggers=[TuneLogger()], tracking=tracking,
                          get_checkpoint=ray.tune.get_checkpoint)
     else:
         run_distillation(cfg, inputs, run_dir, callbacks=[TuneReportCallback()], tracking=tracking)
@@ -189,12 +147,6 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
     """Tune the search space; leaves <storage>/<name>/{best/, trials.json} and the MLflow study."""
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
-    from raykd.train import ensure_ray
-
-    from raykd.config import absolute_paths
 
     cfg = absolute_paths(cfg)  # trials run in their own directories
     search = cfg.search or SearchConfig()
@@ -230,50 +182,60 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
     # Teachers and clips go to the object store once; every trial reads the same objects.
     shared = Inputs(ray.put(inputs.train), ray.put(inputs.val), inputs.teacher_dirs, inputs.dataset_key,
                     inputs.teacher_cache)
-    base = cfg.model_dump(mode="json")
     # An in-process trial uses a worker's CPUs; a Ray Train trial only hosts the controller
     # (its workers ask for their own resources), but Tune refuses an empty request.
     per_trial = {"CPU": cfg.scaling.cpus_per_worker} if cfg.scaling.num_workers == 0 else {"CPU": 0.01}
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base, inputs=shared, study=study), per_trial)
+        tune.with_parameters(run_trial, base=cfg, inputs=shared, study=study), per_trial)
     epochs = search.trial_epochs or cfg.train.epochs
 
     if resume:
         tuner = tune.Tuner.restore(str(tuner_dir), trainable=trainable, resume_unfinished=True,
                                    restart_errored=True)
     else:
-        from optuna.samplers import RandomSampler, TPESampler
-
-        point = guide_point(search)
-        points = ([point] if point else []) + [dict(p) for p in search.initial_points]
-        searcher = OptunaSearch(
-            # a partial, not a lambda: Tune pickles the searcher into its experiment checkpoint
-            space=functools.partial(define_space, search=search), metric=search.metric, mode=search.mode,
-            points_to_evaluate=points or None,
-            # TPE starts with random trials (Optuna's default: 10); on a small budget that would be
-            # the whole study, so a third of the budget (2..10) is random, the rest model-guided.
-            sampler=(TPESampler(seed=search.seed, n_startup_trials=max(2, min(10, search.num_samples // 3)))
-                     if search.sampler == "tpe" else RandomSampler(seed=search.seed)))
-        scheduler = (ASHAScheduler(time_attr=M.EPOCH, max_t=epochs, grace_period=min(search.asha.grace_period, epochs),
-                                   reduction_factor=search.asha.reduction_factor)
-                     if search.asha.enabled else None)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, search_alg=searcher,
-                                        scheduler=scheduler, num_samples=search.num_samples,
-                                        max_concurrent_trials=search.max_concurrent),
-            # The backstop only for in-process trials: stopping a trial kills its actor, and a
-            # TorchTrainer killed mid-fit leaves its workers' placement group behind on a Ray
-            # without the dashboard; Ray Train trials end by themselves on the same conditions.
-            run_config=tune.RunConfig(name="tune", storage_path=str(sdir),
-                                      stop=Backstop(epochs) if cfg.scaling.num_workers == 0 else None,
-                                      failure_config=tune.FailureConfig(max_failures=1), verbose=0),
-        )
+        tuner = _new_tuner(cfg, trainable, sdir, epochs)
     grid = tuner.fit()
     # Tune returns normally on Ctrl-C; a finished trial's last result has done=True.
     interrupted = len(grid) < search.num_samples or any(
         r.error is None and not (r.metrics or {}).get("done") for r in grid)
     return summarise(cfg, grid, sdir, study, epochs, interrupted)
+
+
+def _new_tuner(cfg: RaykdConfig, trainable: Any, sdir: Path, epochs: int) -> Any:
+    """A fresh Tuner: seeded Optuna (define-by-run, the guide's point first), ASHA, the backstop."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    search = cfg.search
+    from optuna.samplers import RandomSampler, TPESampler
+
+    point = guide_point(search)
+    points = ([point] if point else []) + [dict(p) for p in search.initial_points]
+    searcher = OptunaSearch(
+        # a partial, not a lambda: Tune pickles the searcher into its experiment checkpoint
+        space=functools.partial(define_space, search=search), metric=search.metric, mode=search.mode,
+        points_to_evaluate=points or None,
+        # TPE starts with random trials (Optuna's default: 10); on a small budget that would be
+        # the whole study, so a third of the budget (2..10) is random, the rest model-guided.
+        sampler=(TPESampler(seed=search.seed, n_startup_trials=max(2, min(10, search.num_samples // 3)))
+                 if search.sampler == "tpe" else RandomSampler(seed=search.seed)))
+    scheduler = (ASHAScheduler(time_attr=M.EPOCH, max_t=epochs, grace_period=min(search.asha.grace_period, epochs),
+                               reduction_factor=search.asha.reduction_factor)
+                 if search.asha.enabled else None)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, search_alg=searcher,
+                                    scheduler=scheduler, num_samples=search.num_samples,
+                                    max_concurrent_trials=search.max_concurrent),
+        # The backstop only for in-process trials: stopping a trial kills its actor, and a
+        # TorchTrainer killed mid-fit leaves its workers' placement group behind on a Ray
+        # without the dashboard; Ray Train trials end by themselves on the same conditions.
+        run_config=tune.RunConfig(name="tune", storage_path=str(sdir),
+                                  stop=Backstop(epochs) if cfg.scaling.num_workers == 0 else None,
+                                  failure_config=tune.FailureConfig(max_failures=1), verbose=0),
+    )
+    return tuner
 
 
 def summarise(cfg: RaykdConfig, grid: Any, sdir: Path, study: dict[str, str], epochs: int,
@@ -347,18 +309,13 @@ def _checkpoint_of(res: Any) -> str | None:
 
 def write_best(cfg: RaykdConfig, best: dict[str, Any], sdir: Path) -> Path:
     """runs/<study>/best/: the best trial's config (full epoch budget) and checkpoint."""
-    trial_cfg = config_from_dict(yaml.safe_load((sdir / "trials" / best["trial_id"] / "config.yaml").read_text()))
-    full = with_updates(trial_cfg, {"train.epochs": cfg.train.epochs})
-    tmp = sdir / ".best.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    (tmp / "config.yaml").write_text(
-        f"# raykd retrain {sdir}\n" + yaml.safe_dump(full.model_dump(mode="json", exclude={"search"}), sort_keys=False))
-    shutil.copytree(best["checkpoint"], tmp / "checkpoint")
-    (tmp / "metrics.json").write_text(json.dumps(best, indent=1, default=str))
+    full = with_updates(trial_config(cfg, best["params"]), {"train.epochs": cfg.train.epochs})
     final = sdir / "best"
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    with atomic_dir(final) as tmp:
+        (tmp / "config.yaml").write_text(f"# raykd retrain {sdir}\n" + yaml.safe_dump(
+            full.model_dump(mode="json", exclude={"search"}), sort_keys=False))
+        shutil.copytree(best["checkpoint"], tmp / "checkpoint")
+        (tmp / "metrics.json").write_text(json.dumps(best, indent=1, default=str))
     return final
 
 

@@ -8,53 +8,20 @@ It is built once per test session (about a minute on 2 cores) and reused.
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
-TINY_TEACHER = {"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32,
-                "conv_dim": [16] * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4}
-
-
-def tiny_config(root: Path, **over: Any) -> dict[str, Any]:
-    """A complete, small raykd config as a dict (12-block wav2vec2 so layers mean what the guide says)."""
-    cfg: dict[str, Any] = {
-        "name": "tiny",
-        "seed": 0,
-        "cache_dir": str(root / "cache"),
-        "storage_path": str(root / "runs"),
-        "data": {"root": str(root / "data"),
-                 "synth": {"voices": ["en-us", "en-gb-x-rp", "en", "en-029"], "variants": ["m1", "f2", "m3"],
-                           "positives_per_speaker": 8, "near_misses_per_speaker": 6, "other_per_speaker": 2,
-                           "nonspeech_per_speaker": 2, "val_fraction": 0.25, "test_fraction": 0.15}},
-        "teachers": {
-            "wav2vec2": {"kind": "wav2vec2", "arch": {**TINY_TEACHER, "num_hidden_layers": 12},
-                         "finetune": {"epochs": 2, "lr": 0.002}},
-            "conformer": {"kind": "conformer", "arch": {**TINY_TEACHER, "num_hidden_layers": 2,
-                                                        "conv_depthwise_kernel_size": 7},
-                          "finetune": {"epochs": 2, "lr": 0.002}},
-        },
-        "train": {"epochs": 6, "batch_size": 16, "lr": 0.01},
-        "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "tests"},
-    }
-    for key, value in over.items():
-        node = cfg
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return cfg
+from raykd.presets import TINY_TEACHER, tiny_config  # noqa: F401  (re-exported for tests)
 
 
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory):
     """(root, prepared Inputs) with the dataset synthesised and both teachers fine-tuned."""
     from raykd.config import config_from_dict
-    from raykd.train import prepare
+    from raykd.pipeline import prepare
 
     root = tmp_path_factory.mktemp("tiny")
     cfg = config_from_dict(tiny_config(root))

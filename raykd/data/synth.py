@@ -19,7 +19,6 @@ import csv
 import ctypes
 import json
 import multiprocessing
-import os
 import shutil
 import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -35,6 +34,7 @@ import torch
 from raykd.config import RaykdConfig, fingerprint
 from raykd.data.augment import COLOURS, coloured_noise
 from raykd.data.audio import DatasetError, resample
+from raykd.fsutil import atomic_file
 
 MANIFEST_NAME = "manifest.csv"
 SYNTH_VERSION = 1  # bump when rendering changes, so datasets made by older code are re-made
@@ -366,11 +366,9 @@ def synthesize(cfg: RaykdConfig, progress: Callable[[int, int], None] | None = N
 
 
 def _write_manifest(path: Path, jobs: list[Job]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(COLUMNS)
         for j in jobs:
             row = asdict(j)
             w.writerow([j.name] + [row[c] for c in COLUMNS[1:]])
-    os.replace(tmp, path)

@@ -20,8 +20,6 @@ views, the layers and the student frame count: any change builds a new cache.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,6 +32,7 @@ from raykd.data.dataset import WaveformSet
 from raykd.data.features import num_frames
 from raykd.distill.losses import time_align
 from raykd.errors import UserError
+from raykd.fsutil import atomic_dir
 from raykd.models.teachers import Teacher, TeacherOutput
 
 FORMAT = 2  # bump when what is stored changes: old caches are then rebuilt, never misread
@@ -175,9 +174,6 @@ def build_cache(cfg: RaykdConfig, train: WaveformSet, teachers: dict[str, Teache
     if size > budget:
         raise UserError(f"teacher_cache.max_gb: the cache needs {size / 2**30:.2f} GiB > {cfg.teacher_cache.max_gb} "
                         f"GiB; raise the budget, use fewer views or candidate layers, or set teacher_cache.enabled=false")
-    tmp = root.with_name(root.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     waves = torch.empty(n, views, cfg.features.clip_samples, dtype=torch.float16) if cfg.data.augment.enabled else None
     logits = {t: torch.empty(n, views, 2, dtype=torch.float16) for t in teachers}
     hidden = {t: {l: torch.empty(n, views, frames, d, dtype=torch.float16) for l, d in dims[t].items()}
@@ -199,14 +195,13 @@ def build_cache(cfg: RaykdConfig, train: WaveformSet, teachers: dict[str, Teache
                         hidden[t][l][idx, v] = out.hidden[l].half().cpu()
             if progress:
                 progress(f"teacher-output cache: view {v + 1}/{views} done")
-    if waves is not None:
-        torch.save(waves, tmp / "waves.pt")
-    for t in teachers:
-        torch.save({"logits": logits[t], "hidden": hidden[t]}, tmp / f"{t}.pt")
-    (tmp / META).write_text(json.dumps({"format": FORMAT, "views": views, "teachers": list(teachers),
-                                        "layers": layers, "frames": frames, "clips": n,
-                                        "depth": {t: teachers[t].depth for t in teachers},
-                                        "has_waves": waves is not None, "bytes": size}, indent=1))
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(tmp, root)  # a half-built cache is never seen
+    with atomic_dir(root) as tmp:  # a half-built cache is never seen
+        if waves is not None:
+            torch.save(waves, tmp / "waves.pt")
+        for t in teachers:
+            torch.save({"logits": logits[t], "hidden": hidden[t]}, tmp / f"{t}.pt")
+        (tmp / META).write_text(json.dumps({"format": FORMAT, "views": views, "teachers": list(teachers),
+                                            "layers": layers, "frames": frames, "clips": n,
+                                            "depth": {t: teachers[t].depth for t in teachers},
+                                            "has_waves": waves is not None, "bytes": size}, indent=1))
     return root

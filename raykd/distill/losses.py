@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from raykd.config import DistillConfig
+from raykd.layer_keys import parse_projector_key
 
 NORM_EPS = 1e-5  # teacher feature normalisation: sqrt(var + eps), as LayerNorm does
 
@@ -142,9 +143,9 @@ class DistillLoss:
         if d.enabled and d.feature_alignment_enabled and keys:
             per_layer = []
             for key in keys:
-                teacher, layer = key.rsplit(".", 1)
+                teacher, layer = parse_projector_key(key)
                 s = projected[key]
-                t = time_align(teacher_out[teacher].hidden[int(layer)], s.shape[1])
+                t = time_align(teacher_out[teacher].hidden[layer], s.shape[1])
                 terms[f"align.{key}"] = alignment_loss(s, t)
                 per_layer.append(terms[f"align.{key}"])
             terms["align"] = torch.stack(per_layer).mean()

@@ -10,10 +10,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from raykd.layer_keys import projector_key
 
-def projector_key(teacher: str, layer: int) -> str:
-    """The one name of an aligned layer: "<teacher>.<layer>" (projectors, loss terms, logs)."""
-    return f"{teacher}.{layer}"
 
 
 class Projector(nn.Module):
@@ -78,3 +76,25 @@ def build_projectors(aligned: dict[str, list[int]], layer_dims: dict[str, dict[i
         for layer in layers:
             out[projector_key(teacher, layer)] = Projector(width, hidden, layer_dims[teacher][layer])
     return out
+
+
+class StudentWithProjectors(nn.Module):
+    """What is trained and DDP-synchronised: the student and one projector per aligned layer.
+
+    The projectors are applied in `forward` so DDP sees (and all-reduces) their gradients.
+    Only `student` is ever exported.
+    """
+
+    def __init__(self, student: nn.Module, projectors: nn.ModuleDict, tap_of: dict[str, int]):
+        super().__init__()
+        self.student = student
+        self.projectors = projectors
+        self.tap_of = tap_of  # "<teacher>.<layer>" -> student tap index
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """feats (B, n_mels, T) -> logits (B, 2), {key: projected (B, T', D_teacher)}."""
+        logits, taps = self.student(feats)
+        projected = {
+            key: proj(taps[self.tap_of[key]].transpose(1, 2)) for key, proj in self.projectors.items()
+        }
+        return logits, projected

@@ -10,8 +10,9 @@ from raykd import metrics as M
 from raykd.config import config_from_dict, with_updates
 from raykd.distill.cache import META, TeacherCache, cache_key
 from raykd.errors import UserError
-from raykd.train import Inputs, ensure_cache, fit, resolve_device
-from tests.conftest import tiny_config
+from raykd.pipeline import Inputs, ensure_cache, fit
+from raykd.sessions import resolve_device
+from raykd.presets import tiny_config
 
 
 def test_same_seed_same_metrics_with_or_without_cache(tiny_project, tmp_path):

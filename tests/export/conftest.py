@@ -61,7 +61,9 @@ def write_run(root: Path) -> Saved:
     from raykd.distill.losses import layer_mapping
     from raykd.models.projector import build_projectors, projector_key
     from raykd.models.student import build_student
-    from raykd.train import BEST_FILE, Divergence, StudentWithProjectors, save_checkpoint
+    from raykd.checkpoint import BEST_FILE
+    from raykd.models.projector import StudentWithProjectors
+    from raykd.train import Divergence, save_checkpoint
 
     cfg = tiny_config(root)
     torch.manual_seed(cfg.seed)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from raykd import metrics as M
 from raykd.config import config_from_dict
-from tests.conftest import tiny_config
+from raykd.presets import tiny_config
 
 
 @pytest.mark.slow
@@ -19,7 +19,7 @@ def test_exported_model_scores_what_training_scored(tiny_project, tmp_path, monk
     stored in best.pt (same clips, same threshold: any difference is a bug in the chain)."""
     from raykd.cli import app
     from raykd.export import BEST_FILE, ONNX_FILE, evaluate_onnx
-    from raykd.train import fit
+    from raykd.pipeline import fit
 
     root, inputs = tiny_project
     monkeypatch.chdir(tmp_path)  # MLflow artifacts of the sqlite store land in ./mlruns

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 # The real two-node local cluster (head + worker process, token auth) for `raykd tune --address`.
 from tests.clusters.conftest import ray_cluster  # noqa: F401  (a fixture)
-from tests.conftest import tiny_config
+from raykd.presets import tiny_config
 
 SPEAKERS = ("alice", "bob", "carol", "dave")  # 4 per label -> 2 train, 1 val, 1 test each
 

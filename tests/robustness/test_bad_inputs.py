@@ -252,7 +252,7 @@ def _hub_model(cache: Path, repo: str, depth: int) -> None:
     """A hub repo in the HF cache layout holding only config.json (what the pre-check reads)."""
     from transformers import Wav2Vec2Config
 
-    from tests.conftest import TINY_TEACHER
+    from raykd.presets import TINY_TEACHER
 
     base = cache / f"models--{repo.replace('/', '--')}"
     commit = "0" * 40

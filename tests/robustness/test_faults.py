@@ -20,7 +20,7 @@ import torch
 from raykd import metrics as M
 from raykd.checkpoint import BEST_FILE, CHECKPOINT_FILE
 from raykd.config import config_from_dict
-from tests.conftest import tiny_config
+from raykd.presets import tiny_config
 from tests.robustness.conftest import run_cli, write_yaml
 
 
@@ -153,7 +153,7 @@ def test_disk_full_while_checkpointing_keeps_the_last_good_checkpoint(tiny_proje
     """In-process run, ENOSPC on the 3rd epoch's checkpoint: fit raises it (no hang), the
     MLflow run is closed FAILED, and run_dir/checkpoint still holds epoch 2, loadable."""
     from raykd.models.student import build_student
-    from raykd.train import fit
+    from raykd.pipeline import fit
 
     root, inputs = tiny_project
     db = tmp_path / "mlflow.db"

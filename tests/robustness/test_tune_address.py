@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_config
+from raykd.presets import tiny_config
 from tests.robustness.conftest import write_yaml
 
 pytestmark = pytest.mark.slow

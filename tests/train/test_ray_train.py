@@ -12,8 +12,8 @@ import torch
 
 from raykd import metrics as M
 from raykd.config import config_from_dict
-from raykd.train import fit
-from tests.conftest import tiny_config
+from raykd.pipeline import fit
+from raykd.presets import tiny_config
 
 
 def test_two_workers_train_disjoint_shards_to_identical_weights(tiny_project, local_ray, tmp_path):

@@ -9,9 +9,12 @@ from typer.testing import CliRunner
 
 from raykd import metrics as M
 from raykd.config import config_from_dict
-from raykd.train import BEST_FILE, CHECKPOINT_FILE, LogMel, evaluate, fit
+from raykd.checkpoint import BEST_FILE, CHECKPOINT_FILE
+from raykd.data.features import LogMel
+from raykd.pipeline import fit
+from raykd.train import evaluate
 from raykd.models.student import build_student
-from tests.conftest import tiny_config
+from raykd.presets import tiny_config
 
 
 def test_raykd_train_cli_improves_val_accuracy(tiny_project, tmp_path):
@@ -32,7 +35,7 @@ def test_raykd_train_cli_improves_val_accuracy(tiny_project, tmp_path):
     cfg = config_from_dict(raw)
     torch.manual_seed(cfg.seed)  # the loop seeds the same way before building the student
     untrained = build_student(cfg.student, cfg.features.n_mels)
-    from raykd.train import StudentWithProjectors
+    from raykd.models.projector import StudentWithProjectors
     from raykd.models.projector import build_projectors
 
     start = evaluate(StudentWithProjectors(untrained, build_projectors({}, {}, 64, 8), {}),

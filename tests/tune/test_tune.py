@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from raykd.cli import app
-from tests.conftest import tiny_config
+from raykd.presets import tiny_config
 
 SEARCH = {
     "params": {
