@@ -8,7 +8,7 @@ from raykd.config.load import (
 )
 from raykd.config.schema import (
     DEFAULT_NEAR_MISSES, DEFAULT_OTHER_SPEECH, AugmentConfig, DataConfig, DistillConfig, DivergenceConfig,
-    FeatureConfig, RaykdConfig, ScalingConfig, StudentConfig, SynthConfig, TeacherArch, TeacherCacheConfig,
+    EvalConfig, FeatureConfig, RaykdConfig, ScalingConfig, StudentConfig, SynthConfig, TeacherArch, TeacherCacheConfig,
     TeacherConfig, TeacherFinetune, TrackingConfig, TrainConfig,
 )
 from raykd.config.search import (

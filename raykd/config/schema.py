@@ -88,6 +88,14 @@ class FeatureConfig(Strict):
         return int(round(self.sample_rate * self.clip_seconds))
 
 
+class EvalConfig(Strict):
+    """How a detector is scored: streaming windows over audio of any length (raykd.detect)."""
+
+    hop_ms: float = Field(100.0, gt=0)  # a window of features.clip_seconds every hop_ms
+    refractory_s: float = Field(1.0, ge=0)  # after a trigger, the detector is silent this long
+    target_fa_per_hour: float = Field(0.5, gt=0)  # the operating point: threshold meeting this FA/h
+
+
 # ----------------------------------------------------------------------------- models
 
 
@@ -224,6 +232,7 @@ class RaykdConfig(Strict):
     storage_path: Path = Path("runs")  # train runs and studies
     data: DataConfig = DataConfig()
     features: FeatureConfig = FeatureConfig()
+    eval: EvalConfig = EvalConfig()
     teachers: dict[str, TeacherConfig] = Field(default_factory=_default_teachers)
     student: StudentConfig = StudentConfig()
     distillation: DistillConfig = DistillConfig()

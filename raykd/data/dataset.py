@@ -39,6 +39,8 @@ class WaveformSet:
     paths:    N source file paths (str)
     skipped:  files skipped as unreadable/empty when data.on_bad_file = skip ("path: reason")
     sample_rate: of `waves`
+    streams:  long negative recordings of the split, each (S_i,) float32 of any length (never
+              cropped): validation/test streams for false accepts per hour
     """
 
     waves: torch.Tensor
@@ -47,14 +49,21 @@ class WaveformSet:
     paths: list[str]
     skipped: list[str] = field(default_factory=list)
     sample_rate: int = 16000
+    streams: list[torch.Tensor] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     @property
     def seconds(self) -> float:
-        """Total audio duration, for false accepts per hour."""
+        """Duration of the clips (streams not included)."""
         return len(self) * int(self.waves.shape[-1]) / self.sample_rate
+
+    @property
+    def negative_seconds(self) -> float:
+        """All audio without a wakeword: negative clips plus streams, for false accepts per hour."""
+        clips = int((self.labels == 0).sum()) * int(self.waves.shape[-1])
+        return (clips + sum(int(s.shape[-1]) for s in self.streams)) / self.sample_rate
 
 
 @dataclass(frozen=True)
