@@ -258,7 +258,7 @@ def run_loop(job: LoopJob, session: Any, extra_loggers: list[MetricLogger] = ())
     # 2. Data (shared through the object store) and the teacher targets (cached or live).
     train_set: WaveformSet = _get(job.train)
     val_set: WaveformSet = _get(job.val)
-    targets = open_targets(cfg, train_set.waves, job.teacher_dirs, job.teacher_cache, device)
+    targets = open_targets(cfg, train_set.waves, job.teacher_dirs, job.teacher_cache, device, train_set.labels)
     logmel = LogMel(cfg.features).to(device)
 
     # 3. Student + projectors. Seeded here, after the teachers: loading them draws random numbers.

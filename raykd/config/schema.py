@@ -45,24 +45,64 @@ class SynthConfig(Strict):
 
 
 class AugmentConfig(Strict):
+    """Waveform and spectrogram augmentation (raykd.data.augment). Each acoustic effect has its
+    own probability per (clip, view) and its range; all draws are seeded by (seed, clip, view)."""
+
     enabled: bool = True
     noise_dir: Path | None = None  # a folder of noise WAVs; None = synthetic coloured noise
     noise_prob: float = Field(0.8, ge=0, le=1)
     snr_db: tuple[float, float] = (5.0, 25.0)
     gain_db: tuple[float, float] = (-6.0, 6.0)
     time_shift_ms: float = Field(100.0, ge=0)
+    # speed perturbation (tempo and pitch together) by a factor, then crop/pad to the clip
+    speed_prob: float = Field(0.5, ge=0, le=1)
+    speed_range: tuple[float, float] = (0.9, 1.1)
+    # pitch shift, duration kept (phase vocoder + resampling)
+    pitch_prob: float = Field(0.3, ge=0, le=1)
+    pitch_semitones: tuple[float, float] = (-2.0, 2.0)
+    # room reverberation: the user's impulse responses (rir_dir), else simulated shoebox rooms
+    reverb_prob: float = Field(0.5, ge=0, le=1)
+    rir_dir: Path | None = None
+    rir_bank_size: int = Field(64, ge=1)  # simulated rooms, built once per run (seeded)
+    rt60_s: tuple[float, float] = (0.2, 0.8)
+    drr_db: tuple[float, float] = (-3.0, 12.0)
+    # babble: several negative speech clips of the train split mixed as background talkers
+    babble_prob: float = Field(0.3, ge=0, le=1)
+    babble_snr_db: tuple[float, float] = (10.0, 25.0)
+    babble_talkers: tuple[int, int] = (3, 6)
+    babble_bank_size: int = Field(256, ge=1)
+    # telephone-like channel: band-pass low..high Hz, then (independently) 8-bit mu-law
+    bandlimit_prob: float = Field(0.2, ge=0, le=1)
+    bandlimit_low_hz: tuple[float, float] = (200.0, 400.0)
+    bandlimit_high_hz: tuple[float, float] = (3000.0, 4000.0)
+    mulaw_prob: float = Field(0.1, ge=0, le=1)
     freq_masks: int = Field(2, ge=0)
     freq_mask_width: int = Field(6, ge=0)
     time_masks: int = Field(2, ge=0)
     time_mask_width: int = Field(10, ge=0)
     views: int = Field(2, ge=1)  # fixed augmented views per clip (what the teacher-output cache stores)
 
-    @field_validator("snr_db", "gain_db")
+    @field_validator("snr_db", "gain_db", "speed_range", "pitch_semitones", "rt60_s", "drr_db",
+                     "babble_snr_db", "babble_talkers", "bandlimit_low_hz", "bandlimit_high_hz")
     @classmethod
     def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
         if v[0] > v[1]:
             raise ValueError(f"low {v[0]} > high {v[1]}")
         return v
+
+    @field_validator("speed_range", "rt60_s", "babble_talkers", "bandlimit_low_hz", "bandlimit_high_hz")
+    @classmethod
+    def _positive(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] <= 0:
+            raise ValueError(f"low {v[0]} must be > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _band(self) -> "AugmentConfig":
+        if self.bandlimit_low_hz[1] >= self.bandlimit_high_hz[0]:
+            raise ValueError(f"bandlimit_low_hz {list(self.bandlimit_low_hz)} must lie below "
+                             f"bandlimit_high_hz {list(self.bandlimit_high_hz)}")
+        return self
 
 
 class DataConfig(Strict):

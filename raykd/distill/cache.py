@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 from raykd.config import LayerSubsetParam, RaykdConfig, fingerprint
-from raykd.data.augment import augment_waveforms
+from raykd.data.augment import augment_waveforms, babble_bank_for, rir_bank_for
 from raykd.data.dataset import WaveformSet
 from raykd.data.features import num_frames
 from raykd.distill.losses import time_align
@@ -35,7 +35,7 @@ from raykd.errors import UserError
 from raykd.fsutil import atomic_dir
 from raykd.models.teachers import Teacher, TeacherOutput
 
-FORMAT = 2  # bump when what is stored changes: old caches are then rebuilt, never misread
+FORMAT = 3  # bump when what is stored changes: old caches are then rebuilt, never misread
 META = "meta.json"
 
 
@@ -49,15 +49,27 @@ def view_index(epoch: int, idx: torch.Tensor, views: int) -> torch.Tensor:
 
 
 def augment_views(waves: torch.Tensor, idx: torch.Tensor, views: torch.Tensor, cfg: RaykdConfig,
-                  noise_bank: torch.Tensor | None) -> torch.Tensor:
-    """(B, S) clean clips -> (B, S) their fixed augmented views (deterministic per clip and view)."""
+                  noise_bank: torch.Tensor | None, babble_bank: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, S) clean clips -> (B, S) their fixed augmented views (deterministic per clip and view).
+
+    babble_bank: `train_babble_bank(cfg, waves, labels)`; the cache build and live runs pass the same one,
+    so cached and live views are identical. The room impulse responses are a seeded bank built
+    once per process from the config (`rir_bank_for`)."""
     if not cfg.data.augment.enabled:
         return waves
+    rirs = rir_bank_for(cfg.data.augment, cfg.features.sample_rate, cfg.seed)
     out = torch.empty_like(waves)
     for j in range(waves.shape[0]):
         g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + int(idx[j])) * 101 + int(views[j]))
-        out[j] = augment_waveforms(waves[j:j + 1], cfg.data.augment, cfg.features.sample_rate, g, noise_bank)[0]
+        out[j] = augment_waveforms(waves[j:j + 1], cfg.data.augment, cfg.features.sample_rate, g, noise_bank,
+                                   babble_bank, rirs)[0]
     return out
+
+
+def train_babble_bank(cfg: RaykdConfig, waves: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    """The babble talkers of a run: negative speech clips of its train split (waves (N, S),
+    labels (N,)), chosen by cfg.seed; None when babble is off."""
+    return babble_bank_for(cfg.data.augment, waves, labels, cfg.features.sample_rate, cfg.seed)
 
 
 def stored(x: torch.Tensor) -> torch.Tensor:
@@ -179,11 +191,12 @@ def build_cache(cfg: RaykdConfig, train: WaveformSet, teachers: dict[str, Teache
     hidden = {t: {l: torch.empty(n, views, frames, d, dtype=torch.float16) for l, d in dims[t].items()}
               for t in teachers}
     bs = cfg.train.batch_size
+    babble = train_babble_bank(cfg, train.waves, train.labels)  # built once: the build stays O(clips x views)
     with torch.no_grad():
         for v in range(views):
             for i in range(0, n, bs):
                 idx = torch.arange(i, min(i + bs, n))
-                w = augment_views(train.waves[idx], idx, torch.full_like(idx, v), cfg, noise_bank)
+                w = augment_views(train.waves[idx], idx, torch.full_like(idx, v), cfg, noise_bank, babble)
                 if waves is not None:
                     w = stored(w)
                     waves[idx, v] = w.half()

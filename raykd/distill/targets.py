@@ -15,8 +15,9 @@ from typing import Callable, Protocol
 import torch
 
 from raykd.config import RaykdConfig
-from raykd.data.augment import load_noise_bank
-from raykd.distill.cache import TeacherCache, augment_views, stored, student_frames, teacher_targets
+from raykd.data.augment import load_noise_bank, rir_bank_for
+from raykd.distill.cache import (TeacherCache, augment_views, stored, student_frames, teacher_targets,
+                                 train_babble_bank)
 from raykd.models.teachers import Teacher, TeacherOutput, load_teacher
 
 Shapes = dict[str, tuple[int, Callable[[int], int]]]  # teacher -> (depth N, layer -> feature dim)
@@ -43,17 +44,28 @@ def load_teachers(dirs: dict[str, str], device: torch.device) -> dict[str, Teach
 
 
 class LiveTargets:
-    """The frozen teachers run on each batch's fixed augmented views (no teachers: the student alone)."""
+    """The frozen teachers run on each batch's fixed augmented views (no teachers: the student alone).
 
-    def __init__(self, cfg: RaykdConfig, clean: torch.Tensor, teachers: dict[str, Teacher]):
+    labels: (N,) of the train clips, for the babble bank (made of negatives only, as the cache
+    build makes it); required when babble is on, so a live view can never differ from a cached one.
+    """
+
+    def __init__(self, cfg: RaykdConfig, clean: torch.Tensor, teachers: dict[str, Teacher],
+                 labels: torch.Tensor | None = None):
         self.cfg, self.clean, self.teachers = cfg, clean, teachers
         self.noise_bank = load_noise_bank(cfg.data.augment, cfg.features.sample_rate, cfg.features.clip_samples)
+        aug = cfg.data.augment
+        if labels is None and aug.enabled and aug.babble_prob > 0:
+            raise ValueError("LiveTargets: data.augment.babble_prob > 0 needs the train labels (babble is "
+                             "made of negative clips only)")
+        self.babble_bank = train_babble_bank(cfg, clean, labels) if labels is not None else None
+        rir_bank_for(aug, cfg.features.sample_rate, cfg.seed)  # a bad rir_dir fails here, not mid-epoch
         self.frames = student_frames(cfg)
         self.shapes: Shapes = {n: (t.depth, t.layer_dim) for n, t in teachers.items()}
 
     def batch(self, idx: torch.Tensor, views: torch.Tensor, layers: dict[str, list[int]],
               device: torch.device) -> tuple[torch.Tensor, dict[str, TeacherOutput]]:
-        waves = augment_views(self.clean[idx], idx, views, self.cfg, self.noise_bank)
+        waves = augment_views(self.clean[idx], idx, views, self.cfg, self.noise_bank, self.babble_bank)
         waves = (stored(waves) if self.cfg.data.augment.enabled else waves).to(device)
         with torch.no_grad():
             outs = {n: teacher_targets(t(waves, layers.get(n, [])), layers.get(n, []), self.frames)
@@ -75,12 +87,13 @@ class CachedTargets:
 
 
 def open_targets(cfg: RaykdConfig, clean: torch.Tensor, teacher_dirs: dict[str, str], cache_dir: str | None,
-                 device: torch.device) -> TeacherTargets:
-    """The cache when one was built for this run, else the live teachers (none when distillation is off)."""
+                 device: torch.device, labels: torch.Tensor | None = None) -> TeacherTargets:
+    """The cache when one was built for this run, else the live teachers (none when distillation
+    is off). labels: the train clips' (N,), for the live babble bank."""
     if not cfg.distillation.enabled:
-        return LiveTargets(cfg, clean, {})
+        return LiveTargets(cfg, clean, {}, labels)
     if cache_dir:
         cache = TeacherCache.load(cache_dir)
         cache.check_layers(cfg.aligned_layers())
         return CachedTargets(cache, clean)
-    return LiveTargets(cfg, clean, load_teachers(teacher_dirs, device))
+    return LiveTargets(cfg, clean, load_teachers(teacher_dirs, device), labels)

@@ -23,9 +23,14 @@ def speechlike(batch: int = 16, seed: int = 0) -> torch.Tensor:
     return level * env * torch.sin(2 * torch.pi * freq * t)
 
 
+# the acoustic effects (tests/data/test_augment_acoustic.py) switched off
+ACOUSTIC_OFF = dict(speed_prob=0.0, pitch_prob=0.0, reverb_prob=0.0, babble_prob=0.0,
+                    bandlimit_prob=0.0, mulaw_prob=0.0)
+
+
 def only(**kw) -> AugmentConfig:
     """Everything off except what the test names."""
-    base = dict(noise_prob=0.0, gain_db=(0.0, 0.0), time_shift_ms=0.0)
+    base = dict(noise_prob=0.0, gain_db=(0.0, 0.0), time_shift_ms=0.0, **ACOUSTIC_OFF)
     return AugmentConfig(**{**base, **kw})
 
 
