@@ -103,12 +103,23 @@ def _acoustic_draws(b: int, aug: AugmentConfig, generator: torch.Generator) -> d
     return draws
 
 
+def _keep_loudest(x: torch.Tensor, s: int) -> torch.Tensor:
+    """(L,) -> (s,): a slowed-down clip is cut to the s-sample window holding the most energy (a
+    positive keeps its whole word when it fits, which a centre crop would cut when the word sits
+    near an edge); a sped-up one is zero-padded evenly."""
+    if x.shape[-1] <= s:
+        return fit_length(x, s)
+    energy = torch.cat([x.new_zeros(1), torch.cumsum(x.double().pow(2), 0)])
+    start = int(torch.argmax(energy[s:] - energy[:-s]))
+    return x[start:start + s]
+
+
 def _room_and_voice(x: torch.Tensor, d: dict[str, torch.Tensor], j: int, aug: AugmentConfig,
                     rirs: torch.Tensor | None) -> torch.Tensor:
     """Clip j (S,): speed perturbation (cropped/padded back to S), pitch shift, reverberation."""
     s = x.shape[-1]
     if d["speed_on"][j] < aug.speed_prob:
-        x = fit_length(effects.speed_perturb(x, float(_between(aug.speed_range, d["speed"][j]))), s)
+        x = _keep_loudest(effects.speed_perturb(x, float(_between(aug.speed_range, d["speed"][j]))), s)
     if d["pitch_on"][j] < aug.pitch_prob:
         x = effects.pitch_shift(x, float(_between(aug.pitch_semitones, d["pitch"][j])))
     if rirs is not None and d["reverb_on"][j] < aug.reverb_prob:

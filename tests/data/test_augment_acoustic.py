@@ -237,3 +237,26 @@ def test_bad_ranges_name_their_key(key, value):
         config_from_dict({"data": {"augment": {key: value}}})
     with pytest.raises(ConfigError, match="bandlimit_low_hz"):
         config_from_dict({"data": {"augment": {"bandlimit_low_hz": [300, 3500]}}})
+
+
+def test_slowed_down_clip_keeps_a_word_near_its_edge():
+    """The crop back to the clip keeps the loudest window, not the centre: a word ending near the
+    clip's end stays whole (a centre crop would cut ~0.08 s of it at factor 0.9)."""
+    clip = torch.zeros(1, S)
+    clip[0, 14000:23500] = tone(300)[:9500]
+    out = augment_waveforms(clip, only(speed_prob=1.0, speed_range=(0.9, 0.9)), SR, torch.Generator())
+    slowed = effects.speed_perturb(clip[0], 0.9)
+    assert out.shape == (1, S)
+    assert float(out.pow(2).sum()) == pytest.approx(float(slowed.pow(2).sum()), rel=1e-3)
+    centre = slowed[(slowed.shape[-1] - S) // 2:][:S]
+    assert float(centre.pow(2).sum()) < 0.95 * float(slowed.pow(2).sum())  # what a centre crop loses
+
+
+def test_cache_key_covers_the_acoustic_keys():
+    from raykd.distill.cache import cache_key
+
+    base = cfg_with()
+    keys = {cache_key(c, {}, "data") for c in (
+        base, cfg_with(reverb_prob=0.5), cfg_with(rt60_s=(0.3, 0.9)), cfg_with(babble_talkers=(2, 4)),
+        cfg_with(speed_range=(0.95, 1.05)), cfg_with(rir_bank_size=8))}
+    assert len(keys) == 6 and cache_key(cfg_with(), {}, "data") == cache_key(base, {}, "data")
