@@ -23,8 +23,9 @@ PITCH_DENOMINATOR = 200  # pitch ratios are rounded to 1/200 (< 0.05 semitone)
 PITCH_N_FFT = 512  # 32 ms at 16 kHz: phase-vocoder frame
 MU_LAW_CHANNELS = 256  # 8-bit G.711-like companding
 # Babble is made of speech, not of the silence/noise negatives: a clip counts as speech when
-# it is audible and its 20 ms frame energies span more than this many dB (10th..90th
-# percentile); stationary noise spans a few dB, a spoken word with pauses tens.
+# it is audible and the 20 ms frame energies of its first difference (which flattens brown
+# and pink noise, whose slow wander would otherwise look like syllables) span more than this
+# many dB (10th..90th percentile); stationary noise spans a few dB, a spoken word with pauses tens.
 SPEECH_MIN_RMS = 10 ** (-50 / 20)
 SPEECH_MIN_DYNAMICS_DB = 10.0
 
@@ -85,10 +86,11 @@ def mu_law(wave: torch.Tensor) -> torch.Tensor:
 def is_speech(waves: torch.Tensor, sample_rate: int) -> torch.Tensor:
     """(N, S) -> (N,) bool: audible and with the energy dynamics of speech (see the constants)."""
     frame = max(1, sample_rate // 50)
-    n = waves.shape[-1] // frame
+    n = (waves.shape[-1] - 1) // frame
     if n < 2:
         return waves.pow(2).mean(-1).sqrt() > SPEECH_MIN_RMS
-    energy = waves[:, : n * frame].reshape(waves.shape[0], n, frame).pow(2).mean(-1)
+    diff = waves[:, 1:] - waves[:, :-1]
+    energy = diff[:, : n * frame].reshape(waves.shape[0], n, frame).pow(2).mean(-1)
     db = 10 * torch.log10(energy.clamp_min(1e-12))
     spread = torch.quantile(db, 0.9, dim=1) - torch.quantile(db, 0.1, dim=1)
     return (waves.pow(2).mean(-1).sqrt() > SPEECH_MIN_RMS) & (spread > SPEECH_MIN_DYNAMICS_DB)

@@ -178,8 +178,12 @@ def test_mu_law_is_an_8_bit_codec():
 
 
 def test_babble_bank_holds_negative_speech_only():
+    from raykd.data.augment import COLOURS, coloured_noise
+
     speech = speechlike(10)
-    noise = 0.1 * torch.randn(4, S, generator=torch.Generator().manual_seed(1))  # stationary: not speech
+    # white, pink, brown (its slow wander must not pass for syllables), brown: not speech
+    alpha = torch.tensor([COLOURS[c] for c in ("white", "pink", "brown", "brown")])
+    noise = 0.1 * coloured_noise(alpha, S, torch.Generator().manual_seed(1))
     waves = torch.cat([speech, noise])
     labels = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
     bank = effects.babble_bank(waves, labels, 100, seed=0, sample_rate=SR)
@@ -189,6 +193,24 @@ def test_babble_bank_holds_negative_speech_only():
     small = effects.babble_bank(waves, labels, 3, seed=0, sample_rate=SR)
     assert small.shape[0] == 3 and torch.equal(small, effects.babble_bank(waves, labels, 3, 0, SR))
     assert effects.babble_bank(waves, torch.ones(14, dtype=torch.long), 100, 0, SR) is None
+
+
+def test_babble_bank_of_a_synthesised_split_is_its_negative_speech(synth_cfg):
+    """Real espeak-ng clips: the bank holds exactly the train split's negative speech clips
+    (near misses, other speech), not its positives, silence or noise (manifest `kind`)."""
+    import csv
+
+    from raykd.data.dataset import load_split
+
+    train = load_split(synth_cfg, "train")
+    with open(synth_cfg.data.root / "manifest.csv") as f:
+        kind = {row["path"]: row["kind"] for row in csv.DictReader(f)}
+    kinds = [next(k for p, k in kind.items() if path.endswith(p)) for path in train.paths]
+    bank = effects.babble_bank(train.waves, train.labels, 10_000, 0, SR)
+    unit = train.waves / train.waves.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
+    used = sorted(int(torch.nonzero((unit - row).abs().amax(-1) < 1e-5).flatten()[0]) for row in bank)
+    expected = [i for i, k in enumerate(kinds) if int(train.labels[i]) == 0 and k != "nonspeech"]
+    assert used == expected and len(used) >= 4 and "positive" not in {kinds[i] for i in used}
 
 
 def test_babble_is_mixed_at_the_configured_snr_from_the_bank():
