@@ -174,7 +174,7 @@ def test_mu_law_is_an_8_bit_codec():
     out = augment_waveforms(x, only(mulaw_prob=1.0), SR, torch.Generator())
     assert len(torch.unique(out)) <= 256 and not torch.equal(out, x)
     snr = 10 * torch.log10(x.pow(2).mean() / (out - x).pow(2).mean())
-    assert 25 < float(snr) < 45  # companded 8-bit: ~35 dB, far from lossless and from broken
+    assert 30 < float(snr) < 45  # companded 8-bit: 35-38 dB, far from lossless and from broken
 
 
 def test_babble_bank_holds_negative_speech_only():
