@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -213,7 +214,9 @@ def tune(config: Path, set_: Optional[list[str]] = SetOpt,
                   f"{errors[0].read_text().strip().splitlines()[-1] if errors else 'unknown'}", highlight=False)
         raise typer.Exit(1)
     if out.interrupted:
-        err.print(f"[yellow]interrupted:[/yellow] state saved; continue with `raykd tune {config} --resume`")
+        again = " ".join([f"raykd tune {shlex.quote(str(config))}"] + [f"--set {shlex.quote(o)}" for o in set_ or []]
+                         + (["--smoke"] if smoke else []) + ["--resume"])
+        err.print(f"[yellow]interrupted:[/yellow] state saved; continue with `{again}`", highlight=False)
         raise typer.Exit(130)
 
 

@@ -21,7 +21,7 @@ from raykd.data.dataset import WaveformSet, dataset_fingerprint, ensure_dataset,
 from raykd.distill.targets import load_teachers
 from raykd.fsutil import atomic_dir
 from raykd.loggers import CallbackLogger, MetricLogger
-from raykd.sessions import InProcessSession, resolve_device
+from raykd.sessions import InProcessSession, release_placement_groups, resolve_device
 from raykd.train import LoopJob, run_loop, train_loop_per_worker
 
 
@@ -118,7 +118,10 @@ def run_distillation(cfg: RaykdConfig, inputs: Inputs, run_dir: Path, callbacks:
             callbacks=callbacks,
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:  # completed, diverged, out of memory, failed or interrupted: free the workers' CPUs
+        release_placement_groups(run_dir)
     value = result.return_value or {}
     if result.checkpoint is None:
         return finish(value, None, run_dir)

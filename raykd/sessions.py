@@ -6,6 +6,7 @@ for DDP; the loop (`raykd.train.run_loop`) is the same in both.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -27,11 +28,13 @@ class RaySession:
 
     in_process = False
 
-    def __init__(self) -> None:
+    def __init__(self, run_dir: str | None = None) -> None:
         import ray.train
 
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        if run_dir is not None and self.rank == 0:
+            record_placement_group(Path(run_dir))
 
     def device(self, cfg: RaykdConfig) -> torch.device:
         import ray.train.torch
@@ -69,3 +72,43 @@ class InProcessSession:
 
     def prepare(self, model: nn.Module) -> nn.Module:
         return model
+
+
+# ----------------------------------------------------------------------------- placement groups
+
+PLACEMENT_GROUPS_FILE = ".placement_groups"  # in the run dir: the worker groups' placement groups
+
+
+def record_placement_group(run_dir: Path) -> None:
+    """Rank 0 notes the placement group its worker group runs in (one line per (re)start).
+
+    Ray Train removes it when fit() ends, but inside a Tune trial a finished run's group can
+    stay CREATED, holding its CPUs while the next trials wait for them (seen on Ray 2.60 with
+    two Ray Train trials on 2 CPUs); the driver removes what is listed here after fit().
+    """
+    import ray.util
+
+    pg = ray.util.get_current_placement_group()
+    if pg is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / PLACEMENT_GROUPS_FILE, "a") as f:
+            f.write(pg.id.hex() + "\n")
+
+
+def release_placement_groups(run_dir: Path) -> int:
+    """Remove the run's recorded placement groups that are still alive; returns how many."""
+    import ray.util
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup
+
+    path = run_dir / PLACEMENT_GROUPS_FILE
+    if not path.is_file() or not ray.is_initialized():
+        return 0
+    table = ray.util.placement_group_table()
+    removed = 0
+    for hex_id in dict.fromkeys(path.read_text().split()):
+        if table.get(hex_id, {}).get("state") in ("CREATED", "PENDING", "RESCHEDULING"):
+            ray.util.remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(hex_id))))
+            removed += 1
+    path.unlink()
+    return removed

@@ -227,7 +227,8 @@ class Trace:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train's entry point on each worker (`train_loop_config = {"job": LoopJob}`)."""
-    return run_loop(loop_config["job"], RaySession())
+    job = loop_config["job"]
+    return run_loop(job, RaySession(job.run_dir))
 
 
 def resume(session: Any, model: nn.Module, optimizer: torch.optim.Optimizer, divergence: Divergence) -> LoopState:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 from raykd import metrics as M
@@ -26,6 +27,7 @@ from raykd.errors import UserError
 from raykd.fsutil import atomic_dir
 from raykd.loggers import CHECKPOINT_PATH, TuneLogger
 from raykd.pipeline import Inputs, ensure_ray, prepare, run_distillation
+from raykd.sessions import release_placement_groups
 
 # A smoke study: the same code path, a few short trials on a small dataset.
 SMOKE_UPDATES: dict[str, Any] = {
@@ -110,6 +112,23 @@ def run_trial(params: dict[str, Any], base: RaykdConfig, inputs: Inputs, study: 
         run_distillation(cfg, inputs, run_dir, callbacks=[TuneReportCallback()], tracking=tracking)
     if tracking:
         T.MlflowLogger(**tracking).close("FINISHED")
+
+
+class ReleaseWorkers(Callback):
+    """When a Ray Train trial ends by any path (completed, pruned by ASHA, errored), remove
+    its worker group's placement group if Ray left it alive, before the next trial needs it."""
+
+    def __init__(self, trials_dir: str):
+        self.trials_dir = trials_dir
+
+    def _release(self, trial: Any) -> None:
+        release_placement_groups(Path(self.trials_dir) / trial.trial_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._release(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._release(trial)
 
 
 class Backstop(Stopper):
@@ -233,6 +252,7 @@ def _new_tuner(cfg: RaykdConfig, trainable: Any, sdir: Path, epochs: int) -> Any
         # without the dashboard; Ray Train trials end by themselves on the same conditions.
         run_config=tune.RunConfig(name="tune", storage_path=str(sdir),
                                   stop=Backstop(epochs) if cfg.scaling.num_workers == 0 else None,
+                                  callbacks=[ReleaseWorkers(str(sdir / "trials"))],
                                   failure_config=tune.FailureConfig(max_failures=1), verbose=0),
     )
     return tuner

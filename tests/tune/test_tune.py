@@ -140,7 +140,8 @@ def test_interrupted_study_resumes_without_losing_or_repeating_trials(tiny_proje
     raw["search"].update(num_samples=4, max_concurrent=1, trial_epochs=4, asha={"enabled": False})
     space.write_text(yaml.safe_dump(raw, sort_keys=False))
     sdir = root / "runs" / "resume"
-    cmd = [sys.executable, "-m", "raykd.cli", "tune", str(space)]
+    # an override the study was started with: the resume hint must repeat it
+    cmd = [sys.executable, "-m", "raykd.cli", "tune", str(space), "--set", "seed=0"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
@@ -152,7 +153,7 @@ def test_interrupted_study_resumes_without_losing_or_repeating_trials(tiny_proje
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 130, out
-    assert "--resume" in out
+    assert "--set seed=0 --resume" in out, "the resume hint repeats the study's overrides"
     first = {r["trial_id"]: r for r in json.loads((sdir / "trials.json").read_text())}
     done_before = {t: r for t, r in first.items() if r["status"] in ("completed", "pruned")}
     assert len(done_before) >= 1 and len(done_before) < 4
