@@ -106,3 +106,32 @@ def test_under_a_real_tuner_asha_stops_reach_optuna_as_pruned(local_ray, tmp_pat
         assert frozen.value == pytest.approx(r.metrics["val_accuracy"])  # pruned: its value where it stopped
         seen.add(stopped)
     assert seen == {True, False}  # ASHA stopped some, not all
+
+
+@pytest.mark.parametrize("name, depth, final", [("wakeword-local.yaml", None, [4]), ("wakeword.yaml", 24, [20, 22, 24])])
+def test_shipped_spaces_search_both_teachers_and_final_conformer_layers_go_to_the_penultimate_tap(name, depth, final):
+    """The guide's Conformer groups: early, middle, final; final -> the student's penultimate layer.
+
+    depth None: the local teacher's own arch; 24: facebook/wav2vec2-conformer-rel-pos-large's
+    num_hidden_layers (a hub id: not readable offline). final: the group the YAML calls final."""
+    from pathlib import Path
+
+    from raykd.config import LayerSubsetParam, load_config
+    from raykd.distill.losses import layer_mapping
+    from raykd.tune import trial_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "search_spaces" / name)
+    params = cfg.search.params
+    assert isinstance(params["wav2vec2"], LayerSubsetParam) and isinstance(params["conformer"], LayerSubsetParam)
+    depth = depth or cfg.teachers["conformer"].arch.num_hidden_layers
+    cands = params["conformer"].candidates
+    assert max(cands) == depth and min(cands) <= depth // 3  # reaches the last block and the early third
+    assert any(depth // 3 < c <= 2 * depth // 3 for c in cands)  # and the middle
+    taps = layer_mapping(depth, cands, cfg.student.blocks)
+    assert [c for c in cands if taps[c] == cfg.student.blocks - 1] == final  # the YAML's final group
+    # a trial that picks a final Conformer layer aligns it (beside its wav2vec2 layers)
+    trial = {**{f"wav2vec2.L{x}": x == 4 for x in params["wav2vec2"].candidates},
+             **{f"conformer.L{x}": x == depth for x in cands},
+             **{k: p.low if hasattr(p, "low") else p.choices[0] for k, p in params.items()
+                if not isinstance(p, LayerSubsetParam)}}
+    assert trial_config(cfg, trial).alignment_layers_by_teacher() == {"wav2vec2": [4], "conformer": [depth]}
