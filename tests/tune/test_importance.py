@@ -152,3 +152,21 @@ def test_plot_draws_intervals_and_marks_inconclusive(tmp_path):
     assert img.shape[0] > 200 and img.shape[1] > 600
     green = (img[..., 1] > 0.5) & (img[..., 0] < 0.3) & (img[..., 2] < 0.3)  # the one layer that helps
     assert green.sum() > 50
+
+
+def test_study_plots_write_the_effects_where_the_old_plot_was(tmp_path):
+    """The call site (tune._finish_mlflow -> plots.study_plots) gets layer_effect.png/.json with intervals."""
+    from raykd.config import config_from_dict
+    from raykd.plots import study_plots
+    from raykd.presets import tiny_config
+
+    raw = tiny_config(tmp_path)
+    raw["search"] = space().model_dump(mode="json")
+    cfg = config_from_dict(raw)
+    rows = [{**r, "last": {"rss_peak_mb": 500.0 + 10 * i}} for i, r in enumerate(trial_rows(36, 0))]
+    paths = study_plots(cfg, rows, tmp_path)
+    assert {p.name for p in paths} == {"layer_effect.json", "layer_effect.png", "memory_vs_layers.png", "trials.png"}
+    saved = json.loads((tmp_path / "layer_effect.json").read_text())
+    l4 = next(e for e in saved["effects"] if e["name"] == "wav2vec2.L4")
+    assert l4["verdict"] == "helps" and 0 < l4["low"] < l4["high"] and l4["sentence"].endswith("helps")
+    assert saved["n_trials"] == 36 and saved["summary"][0].startswith("Layer effects on val_accuracy")
