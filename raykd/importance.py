@@ -29,7 +29,7 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -39,6 +39,7 @@ from raykd.layer_keys import layer_param
 USED_STATUSES = ("completed", "pruned")
 MIN_PER_SIDE = 3  # trials with the layer on (and off) before an effect is estimated
 MIN_RESIDUAL_DOF = 3  # trials beyond the model's terms before it is fitted at all
+MIN_OPTUNA_TRIALS = 8  # PED-ANOVA compares the top 10% with the rest: fewer is one trial vs the rest
 _RIDGE = 1e-3  # relative to n on standardised columns: shrinks an estimate by ~0.1%
 
 
@@ -69,6 +70,7 @@ class Importance:
     n_left_out: int  # trials without a usable score (diverged, oom, error, interrupted)
     level: float  # simultaneous coverage of the layers' intervals
     effects: list[LayerEffect]
+    adjusted_for: list[str] = field(default_factory=list)  # other model terms held equal
     optuna: dict[str, dict[str, float]] = field(default_factory=dict)  # evaluator -> param -> share
     notes: list[str] = field(default_factory=list)
 
@@ -154,31 +156,26 @@ def _fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- the estimates
 
 
+class LayerFit(NamedTuple):
+    effects: list[LayerEffect]  # in the search space's order
+    adjusted_for: list[str]  # the other model terms held equal ("log train.lr", "log epochs trained", ...)
+    notes: list[str]  # what the model could not do with this many trials
+
+
 def layer_effects(rows: list[dict[str, Any]], search: SearchConfig, *, n_boot: int = 4000, seed: int = 0,
-                  level: float = 0.95) -> tuple[list[LayerEffect], list[str]]:
+                  level: float = 0.95) -> LayerFit:
     """Per candidate layer: effect on search.metric with a simultaneous bootstrap interval.
 
-    rows: trials.json rows (already filtered by `usable_trials` or not). Returns the effects
-    in the search space's order and notes on what the model could not do.
+    rows: trials.json rows (filtered here by `usable_trials`).
     """
     rows = usable_trials(rows, search)
-    notes: list[str] = []
     x, names, layer_cols = _design(rows, search)
     y = np.array([float(r[search.metric]) for r in rows])
     n = len(rows)
     counts = [(int(x[:, j].sum()), n - int(x[:, j].sum())) for j in layer_cols]
     estimable = [j for j, (on, off) in zip(layer_cols, counts) if on >= MIN_PER_SIDE and off >= MIN_PER_SIDE]
     varying = [j for j in range(x.shape[1]) if j not in layer_cols and np.ptp(x[:, j]) > 0] if n else []
-    cols = sorted(set(estimable) | set(varying))
-    if n - len(cols) - 1 < MIN_RESIDUAL_DOF and varying:
-        notes.append(f"{n} trials are too few to also hold the {len(varying)} other parameters equal: "
-                     "effects are from the layers alone")
-        cols = sorted(estimable)
-    if n - len(cols) - 1 < MIN_RESIDUAL_DOF:
-        if estimable:
-            notes.append(f"{n} trials are too few for {len(cols) + 1} model terms (at least "
-                         f"{len(cols) + 1 + MIN_RESIDUAL_DOF} needed): no layer effect is estimated")
-        cols = []
+    cols, notes = _model_columns(n, estimable, varying)
     est = _fit(x[:, cols], y) if cols else np.zeros(0)
     boot = _bootstrap(x[:, cols], y, n_boot, seed) if cols else np.zeros((0, 0))
     k = sum(1 for j in cols if j in layer_cols)
@@ -198,7 +195,25 @@ def layer_effects(rows: list[dict[str, Any]], search: SearchConfig, *, n_boot: i
         e = float(est[c])
         low, high = e + widen * (float(lo_q) - e), e + widen * (float(hi_q) - e)
         effects.append(_judged(teacher, layer, e, low, high, on, off, search.mode, n))
-    return effects, notes
+    return LayerFit(effects, [names[j] for j in cols if j not in layer_cols], notes)
+
+
+def _model_columns(n: int, estimable: list[int], varying: list[int]) -> tuple[list[int], list[str]]:
+    """The model's columns for n trials: layers and other parameters, the layers alone when the
+    trials are too few for both, or nothing (with a note saying why)."""
+    def fits(cols: list[int]) -> bool:
+        return n - len(cols) - 1 >= MIN_RESIDUAL_DOF
+
+    full = sorted(set(estimable) | set(varying))
+    if fits(full):
+        return full, []
+    if varying and estimable and fits(estimable):
+        return estimable, [f"{n} trials are too few to also hold the {len(varying)} other parameters equal: "
+                           "effects are from the layers alone"]
+    if estimable:
+        return [], [f"{n} trials are too few for {len(estimable) + 1} model terms (at least "
+                    f"{len(estimable) + 1 + MIN_RESIDUAL_DOF} needed): no layer effect is estimated"]
+    return [], []
 
 
 def _bootstrap(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
@@ -235,8 +250,8 @@ def optuna_importances(rows: list[dict[str, Any]], search: SearchConfig, seed: i
     from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
 
     rows = usable_trials(rows, search)
-    if len(rows) < 4:
-        return {}
+    if len(rows) < MIN_OPTUNA_TRIALS or len({float(r[search.metric]) for r in rows}) < 2:
+        return {}  # nothing to rank: too few trials, or every trial scored the same
     dists = _distributions(search)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
@@ -253,9 +268,13 @@ def optuna_importances(rows: list[dict[str, Any]], search: SearchConfig, seed: i
         evaluators["fanova"] = FanovaImportanceEvaluator(seed=seed)
     out = {}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # experimental-API notices, and PED-ANOVA's "quantiles select the same trials" on few trials
+        warnings.simplefilter("ignore")
         for name, ev in evaluators.items():
-            out[name] = {k: float(v) for k, v in get_param_importances(study, evaluator=ev).items()}
+            try:
+                out[name] = {k: float(v) for k, v in get_param_importances(study, evaluator=ev).items()}
+            except RuntimeError:  # fANOVA: "zero total variance in all trees" (no split explains anything)
+                continue
     return out
 
 
@@ -282,11 +301,11 @@ def layer_importance(rows: list[dict[str, Any]], search: SearchConfig, *, n_boot
                      level: float = 0.95) -> Importance:
     """Everything a study says about its layers: effects with intervals, Optuna's importances."""
     used = usable_trials(rows, search)
-    effects, notes = layer_effects(used, search, n_boot=n_boot, seed=seed, level=level)
+    fit = layer_effects(used, search, n_boot=n_boot, seed=seed, level=level)
     left_out = sum(1 for r in rows if r.get("status") not in USED_STATUSES and "params" in r
                    and all(k in r["params"] for k in searched_keys(search)))
-    return Importance(search.metric, search.mode, len(used), left_out, level, effects,
-                      optuna_importances(used, search, seed=seed), notes)
+    return Importance(search.metric, search.mode, len(used), left_out, level, fit.effects, fit.adjusted_for,
+                      optuna_importances(used, search, seed=seed), fit.notes)
 
 
 def study_importance(study_dir: str | Path, **kw: Any) -> Importance:
@@ -306,6 +325,10 @@ def _num(v: float) -> str:
     return f"{v:+.3g}"
 
 
+def _trials(n: int) -> str:
+    return f"{n} trial" if n == 1 else f"{n} trials"
+
+
 def describe(e: LayerEffect, n_trials: int) -> str:
     """One line for the terminal: 'wav2vec2 L4: +0.05 [+0.02, +0.08] (6 on / 4 off): helps'."""
     head = f"{e.teacher} L{e.layer}"
@@ -313,29 +336,37 @@ def describe(e: LayerEffect, n_trials: int) -> str:
     if e.verdict == "untested":
         return f"{head}: untested {sides}: needs {MIN_PER_SIDE} trials on each side"
     if e.effect is None:
-        return f"{head}: inconclusive with {n_trials} trials {sides}"
+        return f"{head}: inconclusive with {_trials(n_trials)} {sides}"
     text = f"{head}: {_num(e.effect)} [{_num(e.low)}, {_num(e.high)}] {sides}: {e.verdict}"
     if e.verdict == "inconclusive":
         more = (f"about {e.trials_needed} more would tell, if the estimate held" if e.trials_needed
                 else "no effect visible")
-        text += f" with {n_trials} trials ({more})"
+        text += f" with {_trials(n_trials)} ({more})"
     return text
 
 
 def summary_lines(imp: Importance) -> list[str]:
     """The study's answer to 'which layers?', for the terminal and the report."""
     better = "higher" if imp.mode == "max" else "lower"
+    if not imp.effects:
+        return ["Layer effects: the search has no layer_subset parameter"] + _optuna_lines(imp)
     k = sum(e.effect is not None for e in imp.effects)
-    lines = [f"Layer effects on {imp.metric} ({better} is better), other searched parameters held equal: "
-             f"{imp.n_trials} trials, {imp.level:.0%} intervals simultaneous over {k} layers"
+    held = "other searched parameters held equal" if imp.adjusted_for else "layers alone"
+    lines = [f"Layer effects on {imp.metric} ({better} is better), {held}: "
+             f"{_trials(imp.n_trials)}, {imp.level:.0%} intervals simultaneous over {k} layers"
              + (f" ({imp.n_left_out} trials without a score left out)" if imp.n_left_out else "")]
     lines += [f"  {describe(e, imp.n_trials)}" for e in imp.effects]
     found = [e.name for e in imp.effects if e.verdict in ("helps", "hurts")]
     if imp.effects and not found:
-        lines.append(f"  no layer's effect is conclusive with {imp.n_trials} trials")
+        lines.append(f"  no layer's effect is conclusive with {_trials(imp.n_trials)}")
     lines += [f"  note: {n}" for n in imp.notes]
+    return lines + _optuna_lines(imp)
+
+
+def _optuna_lines(imp: Importance) -> list[str]:
+    lines = []
     for name, shares in imp.optuna.items():
         top = sorted(shares.items(), key=lambda kv: -kv[1])[:5]
-        lines.append(f"  Optuna {name} importance (top {len(top)}): "
+        lines.append(f"  Optuna {name} importance (top {len(top)}; a ranking, no sign or interval): "
                      + ", ".join(f"{k} {v:.2f}" for k, v in top))
     return lines

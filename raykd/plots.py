@@ -91,6 +91,8 @@ def layer_effect_plot(imp: Importance, path: Path) -> Path:
                     color=colour, mfc=colour if e.verdict in ("helps", "hurts") else "white")
         ax.annotate(f"{e.n_on} on / {e.n_off} off: {e.verdict}",
                     (e.high, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7, color=colour)
+    if not effects:
+        ax.annotate("no layer_subset in the search", (0.5, 0.5), xycoords="axes fraction", ha="center")
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(ys, [f"{e.teacher} L{e.layer}" for e in effects])
     better = "higher" if imp.mode == "max" else "lower"

@@ -56,8 +56,8 @@ def trial_rows(n: int, seed: int, metric: str = "val_accuracy", planted: int = 4
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_planted_layer_is_found_and_the_others_are_inconclusive(seed):
     rows = trial_rows(36, seed)
-    effects, notes = layer_effects(rows, space(), seed=0)
-    assert not notes
+    effects, adjusted, notes = layer_effects(rows, space(), seed=0)
+    assert not notes and "log train.lr" in adjusted and "log epochs trained" in adjusted
     by_layer = {e.layer: e for e in effects}
     planted = by_layer.pop(4)
     assert planted.verdict == "helps"
@@ -72,10 +72,10 @@ def test_planted_layer_is_found_and_the_others_are_inconclusive(seed):
 def test_lower_is_better_turns_the_verdict():
     """The same planted change (the metric falls by 0.05): helps when lower is better, hurts when higher is."""
     rows = trial_rows(36, 0, metric="val_frr", effect=-0.05)
-    low_better = {e.layer: e for e in layer_effects(rows, space("val_frr", "min"), seed=0)[0]}
+    low_better = {e.layer: e for e in layer_effects(rows, space("val_frr", "min"), seed=0).effects}
     assert low_better[4].verdict == "helps" and low_better[4].high < 0
     assert all(e.verdict == "inconclusive" for layer, e in low_better.items() if layer != 4)
-    high_better = {e.layer: e for e in layer_effects(rows, space("val_frr", "max"), seed=0)[0]}
+    high_better = {e.layer: e for e in layer_effects(rows, space("val_frr", "max"), seed=0).effects}
     assert high_better[4].verdict == "hurts"
     assert (high_better[4].low, high_better[4].high) == (low_better[4].low, low_better[4].high)
     text = summary_lines(layer_importance(rows, space("val_frr", "min"), seed=0))
@@ -90,7 +90,7 @@ def test_a_layer_confounded_with_the_learning_rate_is_not_credited():
     off = [r["val_accuracy"] for r in rows if not r["params"]["wav2vec2.L2"]]
     naive = sum(on) / len(on) - sum(off) / len(off)
     assert naive > 0.02  # the old plot's number: a sizeable "effect" of a layer that does nothing
-    l2 = next(e for e in layer_effects(rows, space(), seed=0)[0] if e.layer == 2)
+    l2 = next(e for e in layer_effects(rows, space(), seed=0).effects if e.layer == 2)
     assert l2.verdict == "inconclusive" and abs(l2.effect) < naive / 2
 
 
@@ -107,7 +107,7 @@ def test_few_trials_say_inconclusive_with_their_number():
 
 
 def test_sentence_reads_as_the_terminal_shows_it():
-    effects, _ = layer_effects(trial_rows(36, 0), space(), seed=0)
+    effects = layer_effects(trial_rows(36, 0), space(), seed=0).effects
     e = next(e for e in effects if e.layer == 4)
     text = describe(e, 36)
     assert text.startswith(f"wav2vec2 L4: +{e.effect:.3g} [+{e.low:.3g}, +{e.high:.3g}] ({e.n_on} on / {e.n_off} off)")
