@@ -191,6 +191,9 @@ def layer_effects(rows: list[dict[str, Any]], search: SearchConfig, *, n_boot: i
             continue
         c = cols.index(j)
         draws = boot[:, c][np.isfinite(boot[:, c])]
+        if len(draws) < n_boot // 2:  # most resamples had the layer all on or all off
+            effects.append(LayerEffect(teacher, layer, None, None, None, on, off, "inconclusive"))
+            continue
         lo_q, hi_q = np.quantile(draws, [alpha / 2, 1 - alpha / 2])
         e = float(est[c])
         low, high = e + widen * (float(lo_q) - e), e + widen * (float(hi_q) - e)
@@ -313,9 +316,9 @@ def study_importance(study_dir: str | Path, **kw: Any) -> Importance:
     from raykd.config import load_config
 
     study_dir = Path(study_dir)
-    cfg = load_config(study_dir / "search_space.yaml")
+    search = load_config(study_dir / "search_space.yaml").search or SearchConfig()
     rows = json.loads((study_dir / "trials.json").read_text())
-    return layer_importance(rows, cfg.search or SearchConfig(), seed=(cfg.search or SearchConfig()).seed, **kw)
+    return layer_importance(rows, search, **{"seed": search.seed, **kw})
 
 
 # ----------------------------------------------------------------------------- words
