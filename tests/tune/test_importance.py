@@ -170,3 +170,20 @@ def test_study_plots_write_the_effects_where_the_old_plot_was(tmp_path):
     l4 = next(e for e in saved["effects"] if e["name"] == "wav2vec2.L4")
     assert l4["verdict"] == "helps" and 0 < l4["low"] < l4["high"] and l4["sentence"].endswith("helps")
     assert saved["n_trials"] == 36 and saved["summary"][0].startswith("Layer effects on val_accuracy")
+
+
+def test_study_importance_reads_a_finished_study_folder(tmp_path):
+    import yaml
+
+    from raykd.importance import study_importance
+    from raykd.presets import tiny_config
+
+    raw = tiny_config(tmp_path)
+    raw["search"] = {**space("val_frr", "min").model_dump(mode="json"), "seed": 4}
+    (tmp_path / "search_space.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    rows = trial_rows(36, 0, metric="val_frr", effect=-0.05)
+    (tmp_path / "trials.json").write_text(json.dumps(rows))
+    imp = study_importance(tmp_path, n_boot=1000)
+    assert (imp.metric, imp.mode, imp.n_trials) == ("val_frr", "min", 36)
+    assert [e.name for e in imp.effects if e.verdict == "helps"] == ["wav2vec2.L4"]
+    assert imp.effects == layer_importance(rows, space("val_frr", "min"), seed=4, n_boot=1000).effects
