@@ -356,7 +356,8 @@ def summary_lines(imp: Importance) -> list[str]:
     k = sum(e.effect is not None for e in imp.effects)
     held = "other searched parameters held equal" if imp.adjusted_for else "layers alone"
     lines = [f"Layer effects on {imp.metric} ({better} is better), {held}: "
-             f"{_trials(imp.n_trials)}, {imp.level:.0%} intervals simultaneous over {k} layers"
+             f"{_trials(imp.n_trials)}, {imp.level:.0%} intervals simultaneous over {k} layers" if k else
+             f"Layer effects on {imp.metric} ({better} is better): {_trials(imp.n_trials)}, too few for any estimate"
              + (f" ({imp.n_left_out} trials without a score left out)" if imp.n_left_out else "")]
     lines += [f"  {describe(e, imp.n_trials)}" for e in imp.effects]
     found = [e.name for e in imp.effects if e.verdict in ("helps", "hurts")]
