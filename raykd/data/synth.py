@@ -142,7 +142,9 @@ def _spread(pool: list[Speaker], rng: np.random.Generator) -> list[Speaker]:
 
 def draw_speakers(cfg: RaykdConfig) -> dict[str, list[Speaker]]:
     """{split: speakers}: val/test from their families, train from the rest; `english_share`
-    of each split from English voices where it has both kinds."""
+    of each split from English voices where it has both kinds. A speaker whose voice's own
+    family is held out in another split than its family (de+klatt with klatt in val and
+    germanic in test) is not used: a held-out accent is heard in one split only."""
     s = cfg.data.synth
     pool = speaker_pool(s.phrase, s.voices, s.variants)
     present = sorted({p.family for p in pool})
@@ -156,7 +158,9 @@ def draw_speakers(cfg: RaykdConfig) -> dict[str, list[Speaker]]:
     out = {}
     for i, split in enumerate(("train", "val", "test")):
         rng = np.random.default_rng([cfg.seed, 10, i])
-        part = [p for p in pool if held.get(p.family, "train") == split]
+        # a held-out accent stays out of every other split, even as a klatt speaker
+        part = [p for p in pool if held.get(p.family, "train") == split
+                and held.get(p.accent, "train") in (split, "train")]
         if len(part) < wanted[split] or wanted[split] < 1:
             raise SynthError(f"data.synth.speakers: {split} needs {wanted[split]} speakers but its families "
                              f"have {len(part)} (of {len(pool)}); lower data.synth.speakers or change "

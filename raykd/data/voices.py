@@ -78,6 +78,7 @@ class Speaker:
     variant: str
     family: str
     english: bool
+    accent: str = ""  # the voice's family were the variant not klatt (= family otherwise)
 
 
 # ----------------------------------------------------------------------------- engine
@@ -347,7 +348,8 @@ def speaker_pool(phrase: str, voices: tuple[str, ...], variants: tuple[str, ...]
         if not (folder / var).is_file():
             raise SynthError(f"data.synth.variants: espeak-ng has no variant {var!r}")
     usable = [v for v in chosen if v in ENGLISH_FAMILIES or voice_mapping(v, phrase) is not None]
-    pool = [Speaker(f"{v}+{var}", v, var, voice_family(v, groups.get(v, ""), var), v in ENGLISH_FAMILIES)
+    pool = [Speaker(f"{v}+{var}", v, var, voice_family(v, groups.get(v, ""), var), v in ENGLISH_FAMILIES,
+                    voice_family(v, groups.get(v, ""), ""))
             for v in usable for var in (list(variants) or all_variants())]
     return sorted(pool, key=lambda s: s.id)
 

@@ -107,6 +107,10 @@ def test_default_pool_draws_the_configured_speakers_by_family(tmp_path):
     for split, spk in drawn.items():
         assert abs(sum(p.english for p in spk) - 0.5 * len(spk)) <= 1, split
     assert any(p.voice == "en-us" for p in drawn["val"])  # klatt variants of English voices
+    voices = {k: {p.voice for p in v} for k, v in drawn.items()}  # a held-out accent in one split only
+    held_voices = {p.voice for v in drawn.values() for p in v if p.accent in s.val_families + s.test_families}
+    for v in held_voices:
+        assert sum(v in voices[k] for k in voices) == 1, v
     assert draw_speakers(cfg) == drawn
     other = draw_speakers(cfg.model_copy(update={"seed": 1}))
     assert {p.id for p in other["train"]} != {p.id for p in drawn["train"]}
