@@ -136,10 +136,9 @@ def _show_manifest(cfg: RaykdConfig, manifest: Path) -> None:
     for split in ("train", "val", "test"):
         part = [r for r in rows if r["split"] == split]
         for r in part:
-            table.add_row(split, r["family"], *[_fmt(round(r[c], 1) if c == "stream_minutes" else r[c]) for c in cols])
+            table.add_row(split, r["family"], *[_fmt(r[c]) for c in cols])
         total = {c: sum(r[c] for r in part) for c in cols}
-        table.add_row(f"[bold]{split}[/bold]", "[bold]all[/bold]",
-                      *[f"[bold]{_fmt(round(total[c], 1) if c == 'stream_minutes' else total[c])}[/bold]" for c in cols],
+        table.add_row(f"[bold]{split}[/bold]", "[bold]all[/bold]", *[f"[bold]{_fmt(total[c])}[/bold]" for c in cols],
                       end_section=True)
     console.print(table)
 

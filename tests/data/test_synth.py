@@ -277,3 +277,23 @@ def test_espeak_is_repeatable():
     first = e.say("hey sirius", "en-us+f2", 160, 45)
     e.say("set a timer for ten minutes", "en-gb-x-rp+m1", 140, 75)
     assert np.array_equal(e.say("hey sirius", "en-us+f2", 160, 45), first)
+
+
+def test_cli_table_counts_per_split_and_family(make_cfg, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from raykd.cli import app
+
+    cfg = make_cfg(tmp_path / "d")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"data": cfg.data.model_dump(mode="json", include={"root", "synth"})}))
+    res = CliRunner().invoke(app, ["data", "synth", str(path)])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if "│" in line]
+    cells = {tuple(c.strip() for c in line.split("│")[1:3]): [c.strip() for c in line.split("│")[3:-1]]
+             for line in lines}
+    # clips, positives, near misses, generated, stream minutes, speakers
+    assert cells[("val", "germanic")] == ["11", "3", "1", "1", "0.25", "1"]
+    assert cells[("test", "en-scotland")] == ["11", "3", "1", "1", "0.25", "1"]
+    assert cells[("train", "all")][0] == "22" and cells[("train", "all")][4] == "0"
