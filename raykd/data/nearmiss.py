@@ -15,13 +15,12 @@ please") are the phrase as far as a listener is concerned.
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from raykd.data.voices import SILENT, STRESS, SynthError, engine
+from raykd.data.voices import SILENT, STRESS, SynthError, english_words
 
 # Allophones and reduced variants that a listener hears as the same phoneme.
 PHONEME_CLASS = {"I2": "I", "I#": "I", "@2": "@", "@5": "@", "3": "@", "a#": "@", "r-": "r", "t#": "t", "t2": "t",
@@ -63,9 +62,9 @@ def _contains(seq: tuple[str, ...], sub: tuple[str, ...]) -> bool:
     return any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
 
 
-@functools.lru_cache(maxsize=4096)
 def phonemes_of(text: str) -> tuple[tuple[str, ...], ...]:
-    return tuple(tuple(w) for w in engine().english_phonemes(text))
+    """English phoneme names per word of `text` (espeak en-us, cached)."""
+    return english_words(text)
 
 
 def normalise(text: str) -> str:

@@ -270,7 +270,7 @@ def map_phoneme(voice: str, phoneme: str) -> tuple[str | None, bool]:
     return None, True
 
 
-def speak_form(voice: str, english: list[list[str]]) -> tuple[str, int, int]:
+def speak_form(voice: str, english) -> tuple[str, int, int]:
     """English phoneme words -> ("[[...]]" for `voice`, phonemes substituted, phonemes missing)."""
     words, subs, missing = [], 0, 0
     for word in english:
@@ -289,7 +289,7 @@ def speak_form(voice: str, english: list[list[str]]) -> tuple[str, int, int]:
     return "[[" + " ".join(words) + "]]", subs, missing
 
 
-def phoneme_count(english: list[list[str]]) -> int:
+def phoneme_count(english) -> int:
     return sum(1 for w in english for t in w if _split_stress(t)[1] not in SILENT)
 
 
@@ -324,11 +324,17 @@ def all_voices() -> dict[str, str]:
             if v not in EXCLUDED_VOICES and g not in EXCLUDED_GROUPS}
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4096)
+def english_words(text: str) -> tuple[tuple[str, ...], ...]:
+    """`Espeak.english_phonemes`, cached: the same texts are mapped for many speakers."""
+    return tuple(tuple(w) for w in engine().english_phonemes(text))
+
+
+@functools.lru_cache(maxsize=1024)
 def voice_mapping(voice: str, phrase: str) -> str | None:
     """The `[[...]]` form of `phrase` for a non-English voice, or None when the voice cannot say
     it: a phoneme missing, or more than half of them substituted."""
-    english = engine().english_phonemes(phrase)
+    english = english_words(phrase)
     form, subs, missing = speak_form(voice, english)
     if missing or subs > phoneme_count(english) / 2:
         return None
@@ -354,11 +360,11 @@ def speaker_pool(phrase: str, voices: tuple[str, ...], variants: tuple[str, ...]
     return sorted(pool, key=lambda s: s.id)
 
 
-def speak(speaker: Speaker, text: str, phonemes: list[list[str]] | None = None) -> str:
+def speak(speaker: Speaker, text: str, phonemes=None) -> str:
     """What espeak reads for `text` by `speaker`: English voices read the text (or `phonemes`,
     English phoneme names per word, when given); other voices read the English phonemes
     mapped to their own table."""
     if speaker.english:
         return text if phonemes is None else "[[" + " ".join("".join(w) for w in phonemes) + "]]"
-    english = phonemes if phonemes is not None else engine().english_phonemes(text)
+    english = phonemes if phonemes is not None else english_words(text)
     return speak_form(speaker.voice, english)[0]
