@@ -37,6 +37,7 @@ from raykd.data.synth import is_current, split_counts, synth_manifest_path, synt
 
 SPLITS = ("train", "val", "test")
 LABELS = {"1": 1, "0": 0, "positive": 1, "negative": 0}
+SYNTH_CLIP_KINDS = {"positive", "near_miss", "near_miss_generated", "other", "nonspeech"}
 
 
 @dataclass
@@ -241,7 +242,7 @@ def is_long_negative(c: Clip, clip_seconds: float) -> bool:
     """A stream row, or a user's negative file longer than a clip (header read only)."""
     if c.kind == "stream":
         return True
-    if c.kind or c.label != 0:
+    if c.kind in SYNTH_CLIP_KINDS or c.label != 0:
         return False  # synthetic clips are clip-long by construction
     check_audio(c.path)
     info = sf.info(str(c.path))
