@@ -47,11 +47,12 @@ class SynthConfig(Strict):
     english_share: float = Field(0.5, ge=0, le=1)  # of each split's speakers, from English voices
     val_families: tuple[str, ...] = ("klatt", "germanic")  # whole voice families never in training
     test_families: tuple[str, ...] = ("en-scotland", "slavic")
-    rates: tuple[int, ...] = (130, 150, 170, 190)  # words per minute
-    pitches: tuple[int, ...] = (25, 40, 55, 70, 85)  # espeak pitch 0..99
-    pitch_ranges: tuple[int, ...] = (20, 50, 80)  # espeak intonation range: 0 monotone, 50 normal
-    word_gaps: tuple[int, ...] = (0, 0, 3)  # pause between words, x 10 ms
-    intonations: tuple[str, ...] = (".", "?", "!", ",")  # clause ending: statement, question ... tune
+    rates: tuple[int, ...] = Field((130, 150, 170, 190), min_length=1)  # words per minute
+    pitches: tuple[int, ...] = Field((25, 40, 55, 70, 85), min_length=1)  # espeak pitch 0..99
+    pitch_ranges: tuple[int, ...] = Field((20, 50, 80), min_length=1)  # espeak intonation range: 0 monotone, 50 normal
+    word_gaps: tuple[int, ...] = Field((0, 0, 3), min_length=1)  # pause between words, x 10 ms
+    # clause ending, which sets espeak's tune: statement, question, exclamation, continuation
+    intonations: tuple[str, ...] = Field((".", "?", "!", ","), min_length=1)
     positives_per_speaker: int = Field(6, ge=1)
     near_misses_per_speaker: int = Field(5, ge=0)  # from near_misses + the generated ones
     other_per_speaker: int = Field(2, ge=0)
@@ -66,9 +67,6 @@ class SynthConfig(Strict):
         both = sorted(set(self.val_families) & set(self.test_families))
         if both:
             raise ValueError(f"val_families and test_families share {both}; a family is in one split only")
-        for key in ("rates", "pitches", "pitch_ranges", "word_gaps", "intonations"):
-            if not getattr(self, key):
-                raise ValueError(f"{key}: give at least one value")
         return self
 
 

@@ -196,7 +196,8 @@ def _speaker_jobs(cfg: RaykdConfig, spk: Speaker, split: str, texts, index: int)
     n_fixed = s.near_misses_per_speaker if not made else 0 if not fixed else (s.near_misses_per_speaker + 1) // 2
     kinds = (("positive", 1, s.positives_per_speaker, texts["positive"]), ("near_miss", 0, n_fixed, fixed),
              ("near_miss_generated", 0, s.near_misses_per_speaker - n_fixed, made),
-             ("other", 0, s.other_per_speaker, texts["other"]), ("nonspeech", 0, s.nonspeech_per_speaker, texts["nonspeech"]))
+             ("other", 0, s.other_per_speaker, texts["other"]),
+             ("nonspeech", 0, s.nonspeech_per_speaker, texts["nonspeech"]))
     jobs = []
     for kind, label, count, pool in kinds:
         if count and not pool:

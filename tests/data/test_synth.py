@@ -12,7 +12,7 @@ import soundfile as sf
 
 from raykd.config import config_from_dict
 from raykd.data.dataset import ensure_dataset, load_split
-from raykd.data.nearmiss import _contains, classes, contains_phrase, generate, normalise, phonemes_of
+from raykd.data.nearmiss import NearMiss, _contains, classes, contains_phrase, generate, normalise, phonemes_of
 from raykd.data.streams import StreamSpec, Utterance, _next
 from raykd.data.synth import COLUMNS, SynthError, draw_speakers, engine, plan, speech_seconds, synthesize, trim
 from raykd.data.voices import speak, speaker_pool
@@ -182,10 +182,10 @@ def test_near_miss_generator_never_yields_the_phrase(phrase):
 
 
 def test_phrase_is_recognised_in_any_spelling():
-    for said in ("hey sirius", "Hey, Sirius!", "hay sirius", "hey sirius please", "[[h'eI s'IrI2;@s]]"):
-        assert contains_phrase(said, "hey sirius") or said.startswith("[["), said
-    assert contains_phrase(generate("hey sirius", 1, 0)[0].__class__("x", "t", (("h", "'eI"), ("s", "'I", "r", "I", "@", "s"))),
-                           "hey sirius")
+    for said in ("hey sirius", "Hey, Sirius!", "hay sirius", "hey sirius please", "well hey sirius"):
+        assert contains_phrase(said, "hey sirius"), said
+    # phoneme input with I for espeak's I2 (the same class): still the phrase
+    assert contains_phrase(NearMiss("x", "t", (("h", "'eI"), ("s", "'I", "r", "I", "@", "s"))), "hey sirius")
     for other in ("hey serious", "sirius", "hey siri", "hey cyrus"):
         assert not contains_phrase(other, "hey sirius"), other
 
