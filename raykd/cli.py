@@ -122,22 +122,25 @@ def data_synth(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
     with Progress(console=console) as bar:
         task = bar.add_task("synthesising", total=None)
         manifest = synthesize(cfg, lambda done, total: bar.update(task, completed=done, total=total))
-    _show_manifest(manifest)
+    _show_manifest(cfg, manifest)
 
 
-def _show_manifest(manifest: Path) -> None:
-    import csv
-    from collections import Counter
+def _show_manifest(cfg: RaykdConfig, manifest: Path) -> None:
+    """Counts per split and per voice family, then per split (data.extra rows included)."""
+    from raykd.data.dataset import dataset_summary
 
-    with open(manifest) as f:
-        rows = list(csv.DictReader(f))
+    rows = dataset_summary(cfg)
+    cols = ("clips", "positives", "near_misses", "generated", "stream_minutes", "speakers")
     table = Table(title=f"{manifest}")
-    for c in ("split", "clips", "wakeword", "speakers"):
-        table.add_column(c, justify="right")
+    for c in ("split", "family") + cols:
+        table.add_column(c.replace("_", " "), justify="right")
     for split in ("train", "val", "test"):
-        r = [x for x in rows if x["split"] == split]
-        table.add_row(split, str(len(r)), str(sum(x["label"] == "1" for x in r)),
-                      str(len(Counter(x["speaker"] for x in r))))
+        part = [r for r in rows if r["split"] == split]
+        for r in part:
+            table.add_row(split, r["family"], *[_fmt(r[c]) for c in cols])
+        total = {c: sum(r[c] for r in part) for c in cols}
+        table.add_row(f"[bold]{split}[/bold]", "[bold]all[/bold]", *[f"[bold]{_fmt(total[c])}[/bold]" for c in cols],
+                      end_section=True)
     console.print(table)
 
 

@@ -18,9 +18,13 @@ def tiny_config(root: Path, **over: Any) -> dict[str, Any]:
         "cache_dir": str(root / "cache"),
         "storage_path": str(root / "runs"),
         "data": {"root": str(root / "data"),
-                 "synth": {"voices": ["en-us", "en-gb-x-rp", "en", "en-029"], "variants": ["m1", "f2", "m3"],
+                 # 4 English voices train; German (val) and Scottish English (test) are held out
+                 "synth": {"voices": ["en-us", "en-gb-x-rp", "en", "en-029", "de", "en-gb-scotland"],
+                           "variants": ["m1", "f2", "m3"], "speakers": 12,
+                           "val_families": ["germanic"], "test_families": ["en-scotland"],
                            "positives_per_speaker": 8, "near_misses_per_speaker": 6, "other_per_speaker": 2,
-                           "nonspeech_per_speaker": 2, "val_fraction": 0.25, "test_fraction": 0.15}},
+                           "nonspeech_per_speaker": 2, "val_fraction": 0.25, "test_fraction": 0.15,
+                           "stream_minutes": 1.0}},
         "teachers": {
             "wav2vec2": {"kind": "wav2vec2", "arch": {**TINY_TEACHER, "num_hidden_layers": 12},
                          "finetune": {"epochs": 2, "lr": 0.002}},

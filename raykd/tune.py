@@ -32,8 +32,8 @@ from raykd.sessions import release_placement_groups
 # A smoke study: the same code path, a few short trials on a small dataset.
 SMOKE_UPDATES: dict[str, Any] = {
     "data.root": "data/wakeword-smoke",
-    "data.synth.voices": ["en-us", "en-gb-x-rp", "en"],
-    "data.synth.variants": ["m1", "f2", "m3"],
+    "data.synth.speakers": 20,  # from the whole pool, held-out families as in the full study
+    "data.synth.stream_minutes": 5,
     "data.synth.positives_per_speaker": 6,
     "data.synth.near_misses_per_speaker": 6,
     "data.synth.other_per_speaker": 2,

@@ -21,27 +21,53 @@ DEFAULT_OTHER_SPEECH = (
     "set a timer for ten minutes", "how is the weather today", "call my mother",
     "open the window please", "I am going to the store", "the quick brown fox",
     "seriously though", "hello there", "thank you very much", "stop the music",
+    "could you pass the salt", "we should leave before it rains", "my phone is almost out of battery",
+    "the meeting starts at nine", "let me think about it", "dinner is ready",
+    "where did I put my keys", "that sounds like a good idea", "turn the volume down",
+    "I will call you back later", "the train was late again", "have you seen my glasses",
+    "it is colder than yesterday", "please close the door", "remind me to buy milk",
+    "the series finale was great", "say that again", "hey there how are you",
+    "is anybody home", "the cereal is on the top shelf", "a virus spreads quickly",
+    "siri is a different assistant", "read me the news", "lock the front door",
 )
 
 
 class SynthConfig(Strict):
-    """Offline synthetic wakeword data from espeak-ng voices."""
+    """Offline synthetic wakeword data from espeak-ng voices (README "Data")."""
 
     phrase: str = "hey sirius"
     near_misses: tuple[str, ...] = DEFAULT_NEAR_MISSES
+    generated_near_misses: int = Field(48, ge=0)  # made from the phrase's phonemes (raykd.data.nearmiss)
     other_speech: tuple[str, ...] = DEFAULT_OTHER_SPEECH
     # espeak-ng voices (accents) and variants (timbres); a speaker = "<voice>+<variant>".
-    voices: tuple[str, ...] = ("en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan")
-    variants: tuple[str, ...] = ("m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "f4", "klatt")
-    rates: tuple[int, ...] = (140, 160, 180)  # words per minute
-    pitches: tuple[int, ...] = (30, 45, 60, 75)  # espeak pitch 0..99
-    positives_per_speaker: int = Field(12, ge=1)
-    near_misses_per_speaker: int = Field(10, ge=0)
-    other_per_speaker: int = Field(5, ge=0)
-    nonspeech_per_speaker: int = Field(3, ge=0)  # silence and coloured noise
+    # Empty = every usable one espeak ships (raykd.data.voices); a list narrows the pool.
+    voices: tuple[str, ...] = ()
+    variants: tuple[str, ...] = ()
+    speakers: int = Field(120, ge=3)  # drawn from the pool, seeded; val/test_fraction of them held out
+    english_share: float = Field(0.5, ge=0, le=1)  # of each split's speakers, from English voices
+    val_families: tuple[str, ...] = ("klatt", "germanic")  # whole voice families never in training
+    test_families: tuple[str, ...] = ("en-scotland", "slavic")
+    rates: tuple[int, ...] = Field((130, 150, 170, 190), min_length=1)  # words per minute
+    pitches: tuple[int, ...] = Field((25, 40, 55, 70, 85), min_length=1)  # espeak pitch 0..99
+    pitch_ranges: tuple[int, ...] = Field((20, 50, 80), min_length=1)  # espeak intonation range: 0 monotone, 50 normal
+    word_gaps: tuple[int, ...] = Field((0, 0, 3), min_length=1)  # pause between words, x 10 ms
+    # clause ending, which sets espeak's tune: statement, question, exclamation, continuation
+    intonations: tuple[str, ...] = Field((".", "?", "!", ","), min_length=1)
+    positives_per_speaker: int = Field(6, ge=1)
+    near_misses_per_speaker: int = Field(5, ge=0)  # from near_misses + the generated ones
+    other_per_speaker: int = Field(2, ge=0)
+    nonspeech_per_speaker: int = Field(2, ge=0)  # silence and coloured noise
+    stream_minutes: float = Field(30.0, ge=0)  # continuous negative speech per val/test split
     val_fraction: float = Field(0.15, gt=0, lt=0.5)  # fraction of speakers, not clips
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     workers: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _families_apart(self) -> "SynthConfig":
+        both = sorted(set(self.val_families) & set(self.test_families))
+        if both:
+            raise ValueError(f"val_families and test_families share {both}; a family is in one split only")
+        return self
 
 
 class AugmentConfig(Strict):
@@ -109,6 +135,9 @@ class DataConfig(Strict):
     source: Literal["synth", "folder", "manifest"] = "synth"
     root: Path = Path("data/wakeword")  # synth output, or the user's folder (positive/, negative/)
     manifest: Path | None = None  # CSV path,label[,speaker[,split]] when source = manifest
+    # the user's own recordings added to the source: a folder (positive/, negative/) or a CSV
+    extra: Path | None = None
+    long_negative_pieces: int = Field(32, ge=1)  # a long negative in train -> at most this many clips
     on_bad_file: Literal["error", "skip"] = "error"
     val_fraction: float = Field(0.15, gt=0, lt=0.5)  # user data without a split column
     test_fraction: float = Field(0.15, gt=0, lt=0.5)

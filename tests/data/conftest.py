@@ -11,11 +11,13 @@ import soundfile as sf
 
 from raykd.config import RaykdConfig, config_from_dict
 
-# 2 voices x 2 variants = 4 speakers -> 2 train, 1 val, 1 test
+# 4 voices x 2 variants = a pool of 8; 4 speakers drawn -> 2 train (en-us, en-gb),
+# 1 val (germanic), 1 test (en-scotland); 15 s of stream per held-out split
 SMALL_SYNTH = {
-    "voices": ["en-us", "en-gb-x-rp"], "variants": ["m1", "f2"],
+    "voices": ["en-us", "en-gb-x-rp", "de", "en-gb-scotland"], "variants": ["m1", "f2"], "speakers": 4,
+    "val_families": ["germanic"], "test_families": ["en-scotland"],
     "positives_per_speaker": 3, "near_misses_per_speaker": 2,
-    "other_per_speaker": 2, "nonspeech_per_speaker": 4, "workers": 1,
+    "other_per_speaker": 2, "nonspeech_per_speaker": 4, "stream_minutes": 0.25, "workers": 1,
 }
 
 

@@ -9,7 +9,8 @@ import torch
 import torchaudio
 
 from raykd.data.audio import AudioError, DatasetError, read_audio
-from raykd.data.dataset import dataset_fingerprint, ensure_dataset, list_clips, load_split, split_speakers
+from raykd.data.dataset import (dataset_fingerprint, dataset_summary, ensure_dataset, list_clips, load_split,
+                                split_speakers)
 
 
 def folder_dataset(root, write_wav, speakers=("alice", "bob", "carol", "dave", "erin")):
@@ -17,7 +18,7 @@ def folder_dataset(root, write_wav, speakers=("alice", "bob", "carol", "dave", "
     for i, s in enumerate(speakers):
         for k in range(2):
             write_wav(root / "positive" / s / f"{k}.wav", seconds=1.0, freq=300 + 40 * i + k)
-            write_wav(root / "negative" / f"{s}_{k}.wav", seconds=2.0, freq=900 + 40 * i + k)
+            write_wav(root / "negative" / f"{s}_{k}.wav", seconds=1.5, freq=900 + 40 * i + k)
     return root
 
 
@@ -189,3 +190,94 @@ def test_data_errors_are_user_errors():
 
     assert issubclass(AudioError, UserError) and issubclass(SynthError, UserError)
     assert issubclass(AudioError, ValueError)
+
+
+def _long_negative_in(root, split):
+    """Add negative/long<i>.wav (40 s) whose speaker lands in `split`; returns its path."""
+    from raykd.config import config_from_dict
+
+    cfg = config_from_dict({"data": {"root": str(root), "source": "folder"}})
+    for i in range(200):
+        path = root / "negative" / f"long{i}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)  # noise: no two clip-long pieces alike
+        sf.write(path, np.random.default_rng(i).uniform(-0.5, 0.5, 40 * 16000).astype(np.float32), 16000)
+        if next(c.split for c in list_clips(cfg) if c.path == path) == split:
+            return path
+        path.unlink()
+    raise AssertionError(f"no speaker name lands in {split}")
+
+
+def test_long_user_negative_is_a_stream_in_val_and_pieces_in_train(tmp_path, write_wav, make_cfg):
+    root = folder_dataset(tmp_path / "d", write_wav)
+    val_path = _long_negative_in(root, "val")
+    cfg = make_cfg(root, source="folder")
+    val = load_split(cfg, "val")
+    assert [int(w.shape[0]) for w in val.streams] == [40 * 16000]  # whole, not cropped
+    assert str(val_path) not in val.paths and val.stream_families == ["user"]
+    assert val.negative_seconds == pytest.approx(40.0 + (val.labels == 0).sum().item() * 1.5)
+    val_path.unlink()
+    train_path = _long_negative_in(root, "train")
+    for pieces in (32, 5):
+        train = load_split(make_cfg(root, source="folder", long_negative_pieces=pieces), "train")
+        got = [i for i, p in enumerate(train.paths) if p == str(train_path)]
+        assert len(got) == min(pieces, 26) and train.streams == []  # 40 s = 26 clip-long slots
+        assert all(train.labels[i] == 0 for i in got)
+        assert len({train.waves[i].numpy().tobytes() for i in got}) == len(got)  # distinct pieces
+
+
+def test_manifest_kind_stream_rows(tmp_path, write_wav, make_cfg):
+    for i in range(4):
+        write_wav(tmp_path / f"p{i}.wav", seconds=1.0)
+        write_wav(tmp_path / f"n{i}.wav", seconds=1.0)
+    write_wav(tmp_path / "room.wav", seconds=10.0)
+    lines = ["path,label,speaker,split,kind"] + [
+        f"{k}{i}.wav,{lab},s{i},{('train', 'train', 'val', 'test')[i]}," for i in range(4)
+        for k, lab in (("p", 1), ("n", 0))] + ["room.wav,0,s2,val,stream"]
+    cfg = make_cfg(tmp_path, source="manifest", manifest=str(write_csv(tmp_path / "m.csv", lines)))
+    val = load_split(cfg, "val")
+    assert len(val) == 2 and [w.shape[0] for w in val.streams] == [160000]
+    summary = {(r["split"], r["family"]): r for r in dataset_summary(cfg)}
+    assert summary[("val", "user")]["stream_minutes"] == pytest.approx(10 / 60)
+    assert summary[("val", "user")]["clips"] == 2 and summary[("train", "user")]["positives"] == 2
+
+
+@pytest.mark.parametrize("form", ["folder", "manifest"])
+def test_extra_recordings_join_the_synthetic_set_with_their_own_split(synth_cfg, tmp_path, write_wav, form):
+    extra = folder_dataset(tmp_path / "mine", write_wav)
+    if form == "manifest":
+        lines = ["path,label,speaker,split"] + [
+            f"positive/{s}/0.wav,1,{s},{sp}" for s, sp in (("alice", "train"), ("bob", "val"), ("carol", "test"))]
+        extra = write_csv(extra / "mine.csv", lines)
+    raw = synth_cfg.model_dump(mode="json")
+    raw["data"]["extra"] = str(extra)
+    from raykd.config import config_from_dict
+
+    cfg = config_from_dict(raw)
+    synth_only, clips = list_clips(synth_cfg), list_clips(cfg)
+    mine = [c for c in clips if c.voice_family == "user"]
+    assert len(clips) == len(synth_only) + len(mine) and len(mine) == (20 if form == "folder" else 3)
+    assert all(c.name.startswith("extra/") for c in mine)
+    splits = {c.speaker: c.split for c in mine}
+    if form == "folder":  # split by the hash of the speaker id, like any user folder
+        alone = {c.speaker: c.split for c in list_clips(type(cfg).model_validate(
+            {**raw, "data": {**raw["data"], "source": "folder", "root": str(extra), "extra": None}}))}
+        assert splits == alone and set(splits.values()) == {"train", "val", "test"}
+    else:
+        assert splits == {"alice": "train", "bob": "val", "carol": "test"}
+    for split in ("train", "val", "test"):
+        ws = load_split(cfg, split)
+        ours = [p for p, f in zip(ws.paths, ws.families) if f == "user"]
+        assert len(ours) == sum(c.split == split for c in mine) > 0
+        assert len(ws) == len(load_split(synth_cfg, split)) + len(ours)
+    assert dataset_fingerprint(cfg) != dataset_fingerprint(synth_cfg)
+    fams = {(r["split"], r["family"]) for r in dataset_summary(cfg)}
+    assert {("train", "user"), ("val", "user"), ("test", "user")} <= fams
+
+
+def test_missing_extra_names_the_key(synth_cfg, tmp_path):
+    raw = synth_cfg.model_dump(mode="json")
+    raw["data"]["extra"] = str(tmp_path / "nowhere")
+    from raykd.config import config_from_dict
+
+    with pytest.raises(DatasetError, match=r"data.extra: .*nowhere: no such folder"):
+        list_clips(config_from_dict(raw))
