@@ -142,21 +142,44 @@ def test_clip_scores_see_a_wakeword_at_the_clip_edge():
     assert plain[1] < 0.05 and streamed[1] > 0.95 and streamed[0] > 0.95
 
 
-def test_torch_scorer_streams_a_student():
+class CentrelessLogMel(torch.nn.Module):
+    """LogMel with an uncentred STFT (the other front end the shared-frames path knows)."""
+
+    def __init__(self, fs: FeatureConfig):
+        super().__init__()
+        import torchaudio
+
+        self.mel = torchaudio.transforms.MelSpectrogram(fs.sample_rate, n_fft=400, hop_length=160,
+                                                        n_mels=fs.n_mels, center=False)
+
+    def forward(self, waves: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.mel(waves) + 1e-6)
+
+
+@pytest.mark.parametrize("front", ["logmel", "uncentred"])
+def test_torch_scorer_shared_frames_equal_window_by_window(front):
     from raykd.data.features import LogMel
     from raykd.models.student import TinyConv
 
     fs = FeatureConfig()
     torch.manual_seed(0)
-    model, logmel = TinyConv(fs.n_mels, width=16, blocks=2), LogMel(fs)
+    logmel = LogMel(fs) if front == "logmel" else CentrelessLogMel(fs)
+    model = TinyConv(fs.n_mels, width=16, blocks=2)
     scorer = D.torch_scorer(model, logmel, "cpu")
-    wave = torch.randn(int(3.3 * fs.sample_rate)) * 0.1
+    assert not model.training
     hop = 1600
+    assert scorer._frame_plan(fs.clip_samples, hop) is not None  # the shared-frames path runs
+    g = torch.Generator().manual_seed(1)
+    wave = torch.randn(int(3.3 * fs.sample_rate), generator=g) * 0.1
+    wave[8000:20000] += torch.sin(torch.arange(12000) * 0.3)  # something for the model to see
     got = D.stream_scores(scorer, wave, fs.clip_samples, hop, batch=4)
     starts = D.window_starts(wave.shape[0], fs.clip_samples, hop)
     padded = torch.nn.functional.pad(wave, (0, int(starts[-1]) + fs.clip_samples - wave.shape[0]))
     windows = torch.stack([padded[s:s + fs.clip_samples] for s in starts.tolist()])
     with torch.no_grad():
         want = model(logmel(windows))[0].softmax(-1)[:, 1]
-    assert not model.training
+    assert want.std() > 1e-3  # the windows really score differently
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    clips = torch.stack([wave[:fs.clip_samples], wave[9000:9000 + fs.clip_samples]])
+    generic = D.clip_scores(lambda w: scorer(w), clips, fs.clip_samples, hop)  # no shared frames
+    torch.testing.assert_close(D.clip_scores(scorer, clips, fs.clip_samples, hop), generic, atol=1e-5, rtol=1e-4)
