@@ -92,3 +92,21 @@ def evaluate_detector(scorer: D.Scorer, data: WaveformSet, features, ev, thresho
     det (the curve's points)."""
     pos, negs = split_scores(scorer, data, features, ev, batch)
     return detection_report(pos, negs, data.negative_seconds, features, ev, threshold)
+
+
+# The report's keys that are per-epoch metrics: metric name = "val_" + key (raykd.metrics).
+METRIC_KEYS = (FRR, FA_PER_HOUR, FRR_AT_TARGET, THRESHOLD_AT_TARGET, FA_PER_HOUR_AT_TARGET,
+               D.DET_SUMMARY, NEGATIVE_HOURS)
+
+
+def as_metrics(report: dict[str, Any], split: str = "val") -> dict[str, float]:
+    """The report's numbers under their metric names: {'val_frr_at_target': ..., ...}."""
+    return {f"{split}_{k}": float(report[k]) for k in METRIC_KEYS}
+
+
+def det_record(report: dict[str, Any], ev) -> dict[str, Any]:
+    """What det.json holds: the DET points, the operating point and how they were measured."""
+    keep = (THRESHOLD, FRR, FA_PER_HOUR, NEGATIVE_HOURS, N_POS, FRR_AT_TARGET, THRESHOLD_AT_TARGET,
+            FA_PER_HOUR_AT_TARGET, TARGET_FA_PER_HOUR, TARGET_MET, D.DET_SUMMARY)
+    return {**{k: report[k] for k in keep}, "hop_ms": ev.hop_ms, "refractory_s": ev.refractory_s,
+            "points": report[DET]}

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from raykd import metrics as M
 from raykd.cli import app
 from raykd.presets import tiny_config
 
@@ -116,7 +117,7 @@ def test_one_diverging_trial_does_not_stop_the_study(tiny_project, local_ray, tm
     assert by_lr[1.0e6] and by_lr[0.01]
     for r in by_lr[1.0e6]:
         assert r["status"] == "diverged" and r["last"]["diverged"] == 1.0
-        assert math.isfinite(r["val_accuracy"]) and r["epochs"] < 3
+        assert math.isfinite(r[M.VAL_FRR_AT_TARGET]) and r["epochs"] < 3  # the default search metric
     for r in by_lr[0.01]:
         assert r["status"] == "completed" and r["epochs"] == 3 and r["last"]["diverged"] == 0.0
     c, _, children = child_runs(root / "mlflow.db", "diverge")
@@ -162,7 +163,7 @@ def test_interrupted_study_resumes_without_losing_or_repeating_trials(tiny_proje
     after = {r["trial_id"]: r for r in json.loads((sdir / "trials.json").read_text())}
     assert len(after) == 4 and all(r["status"] in ("completed", "pruned") for r in after.values())
     for tid, r in done_before.items():  # kept, and not run again (same epochs, same result)
-        assert after[tid]["epochs"] == r["epochs"] and after[tid]["val_accuracy"] == r["val_accuracy"]
+        assert after[tid]["epochs"] == r["epochs"] and after[tid][M.VAL_FRR_AT_TARGET] == r[M.VAL_FRR_AT_TARGET]
         progress = next((sdir / "tune").glob(f"run_trial_{tid}_*")) / "progress.csv"
         assert len(progress.read_text().strip().splitlines()) == 1 + r["epochs"], "a finished trial ran again"
     _, parents, children = child_runs(root / "mlflow.db", "resume")
