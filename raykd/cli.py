@@ -299,8 +299,8 @@ def eval_(model: Path, data: Path,
     if plot:
         from raykd.plots import det_plot
 
-        det_plot(m["det"], plot, m["threshold"], m["threshold_at_target"], m["target_fa_per_hour"],
-                 title=f"{model.name} on {data.name}")
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        det_plot({**m, "points": m["det"]}, plot)  # the report holds every key of a det.json record
     if json_:
         out = {**m, "events": [{"file": f, "time_s": t, "score": s} for f, t, s in fired]} if events else m
         sys.stdout.write(json.dumps(out) + "\n")

@@ -58,12 +58,7 @@ LABELS = ("not_wakeword", "wakeword")  # logit index -> label
 # FFT): float32 rounding differs by ~1e-4 in log-mel, ~1e-5 in logits on real clips.
 PARITY_ATOL = 1e-4
 AUDIO_PARITY_ATOL = 1e-3
-PARITY_CLIPS_PER_LABEL = 6
-# Checkpoint metrics of the operating point (names raykd.metrics gives them; read with .get so a
-# checkpoint from before the streaming metrics still exports).
-VAL_FRR_AT_TARGET = "val_frr_at_target"
-VAL_THRESHOLD_AT_TARGET = "val_threshold_at_target"
-VAL_FA_PER_HOUR_AT_TARGET = "val_fa_per_hour_at_target"  # real clips of each label the raw-audio parity check runs on
+PARITY_CLIPS_PER_LABEL = 6  # real clips of each label the raw-audio parity check runs on
 
 
 class ParityError(RuntimeError):
@@ -244,13 +239,13 @@ def operating_point(cfg: RaykdConfig, metrics: dict[str, Any]) -> dict[str, Any]
 
     The threshold that met eval.target_fa_per_hour on the validation stream when the checkpoint
     has it (val_threshold_at_target), else train.threshold with the FRR and FA/h at that one.
-    A checkpoint from before the streaming metrics still exports (values None)."""
-    at_target = metrics.get(VAL_THRESHOLD_AT_TARGET)
+    Read with .get: a checkpoint from before the streaming metrics still exports (values None)."""
+    at_target = metrics.get(M.VAL_THRESHOLD_AT_TARGET)
     # Above 1 (nothing fires) when no threshold met the target: train.threshold is the usable one.
     if isinstance(at_target, (int, float)) and 0 < at_target <= 1:
-        return {"threshold": float(at_target), "source": VAL_THRESHOLD_AT_TARGET,
+        return {"threshold": float(at_target), "source": M.VAL_THRESHOLD_AT_TARGET,
                 "target_fa_per_hour": cfg.eval.target_fa_per_hour,
-                "frr": metrics.get(VAL_FRR_AT_TARGET), "fa_per_hour": metrics.get(VAL_FA_PER_HOUR_AT_TARGET)}
+                "frr": metrics.get(M.VAL_FRR_AT_TARGET), "fa_per_hour": metrics.get(M.VAL_FA_PER_HOUR_AT_TARGET)}
     return {"threshold": cfg.train.threshold, "source": "train.threshold",
             "target_fa_per_hour": cfg.eval.target_fa_per_hour,
             "frr": metrics.get(M.VAL_FRR), "fa_per_hour": metrics.get(M.VAL_FA_PER_HOUR)}

@@ -137,39 +137,3 @@ def _save(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def det_plot(det: list[tuple[float, float, float]] | list[list[float]], path: Path, threshold: float | None = None,
-             threshold_at_target: float | None = None, target_fa_per_hour: float | None = None,
-             title: str = "") -> Path:
-    """The DET curve, FRR against false accepts per hour (symlog x: 0 FA/h stays on the plot),
-    with the target FA/h, the point at `threshold` and the operating point marked. det:
-    [(threshold, frr, fa_per_hour)] ascending in threshold (raykd.detect.det_curve)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = sorted((float(fa), float(frr), float(t)) for t, frr, fa in det)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="tab:blue", label="DET")
-
-    def mark(t: float | None, style: str, label: str) -> None:
-        if t is None or not pts:
-            return
-        fa, frr, near = min(pts, key=lambda p: abs(p[2] - t))
-        ax.plot([fa], [frr], style, label=f"{label} (threshold {near:.3g}: FRR {frr:.3f}, {fa:.3g} FA/h)")
-
-    mark(threshold, "o", "used")
-    mark(threshold_at_target, "s", "operating point")
-    if target_fa_per_hour is not None:
-        ax.axvline(target_fa_per_hour, color="k", lw=0.8, ls="--", label=f"target {target_fa_per_hour:g} FA/h")
-    ax.set_xscale("symlog", linthresh=0.1)
-    ax.set_xlabel("false accepts per hour")
-    ax.set_ylabel("false-reject rate")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title or "DET curve")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return _save(fig, Path(path))
