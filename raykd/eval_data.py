@@ -29,7 +29,7 @@ from raykd.errors import UserError
 from raykd.export import (AUDIO_INPUT, LABELS, ONNX_FILE, OUTPUT_NAME, SIDECAR_FILE, SIDECAR_FORMAT, file_sha256,
                           ort_session)
 
-EVAL_BATCH = 256  # windows per onnxruntime call: 256 x 1.5 s x 4 bytes = 25 MB
+EVAL_BATCH = 64  # windows per onnxruntime call (the DFT output of 64 x 1.5 s windows: 16 MB)
 
 
 # ----------------------------------------------------------------------------- the export
