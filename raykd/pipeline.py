@@ -137,8 +137,7 @@ def finish(value: dict[str, Any], src: Path | None, run_dir: Path,
     ckpt_dir = ckpt_dir if ckpt_dir.is_dir() else None
     history = value.get("history", [])
     (run_dir / "history.json").write_text(json.dumps(history, indent=1))
-    if ckpt_dir is not None:
-        write_det(ckpt_dir, run_dir, tracking)
+    write_det(ckpt_dir, run_dir, tracking)
     return TrainOutcome(value.get("status", "completed"), history, value.get("best", {}), ckpt_dir,
                         value.get("mapping", {}))
 
@@ -146,15 +145,17 @@ def finish(value: dict[str, Any], src: Path | None, run_dir: Path,
 DET_FILE, DET_PLOT = "det.json", "det.png"
 
 
-def write_det(ckpt_dir: Path, run_dir: Path, tracking: dict[str, str] | None) -> list[Path]:
+def write_det(ckpt_dir: Path | None, run_dir: Path, tracking: dict[str, str] | None) -> list[Path]:
     """run_dir/det.json and det.png from the DET that best.pt carries (measured when that epoch
     was validated: nothing is scored again). Returns the files written (none without a DET)."""
     from raykd.checkpoint import BEST_FILE
     from raykd.plots import det_plot
 
-    best = ckpt_dir / BEST_FILE
-    det = torch.load(best, map_location="cpu", weights_only=True).get("det") if best.is_file() else None
+    best = ckpt_dir / BEST_FILE if ckpt_dir is not None else None
+    det = torch.load(best, map_location="cpu", weights_only=True).get("det") if best and best.is_file() else None
     if not det:
+        for stale in (DET_FILE, DET_PLOT):  # from an earlier run in this folder
+            (run_dir / stale).unlink(missing_ok=True)
         return []
     (run_dir / DET_FILE).write_text(json.dumps(det, indent=1))
     paths = [run_dir / DET_FILE, det_plot(det, run_dir / DET_PLOT)]

@@ -103,9 +103,14 @@ def det_plot(det: dict[str, Any], path: Path) -> Path:
 
     hours = det["negative_hours"]
     floor = 0.5 / hours if hours > 0 else 0.01  # half of one trigger: where "0 FA/h" is drawn
-    pts = sorted((max(fa, floor), frr) for _, frr, fa in det["points"])
+    # The lower envelope: the best FRR at FA/h <= x (what `operating_point` picks for target x).
+    xs, ys = [], []
+    for fa, frr in sorted((max(fa, floor), frr) for _, frr, fa in det["points"]):
+        if not ys or frr < ys[-1]:
+            xs.append(fa)
+            ys.append(frr)
     fig, ax = plt.subplots(figsize=(5, 3.8))
-    ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="tab:blue")
+    ax.step(xs + [max(xs[-1], det["target_fa_per_hour"]) * 2], ys + ys[-1:], where="post", color="tab:blue")
     op_fa = max(det["fa_per_hour_at_target"], floor)
     ax.scatter([op_fa], [det["frr_at_target"]], color="tab:red", zorder=3,
                label=f"threshold {det['threshold_at_target']:.3f}: FRR {det['frr_at_target']:.3f}")

@@ -183,3 +183,16 @@ def test_torch_scorer_shared_frames_equal_window_by_window(front):
     clips = torch.stack([wave[:fs.clip_samples], wave[9000:9000 + fs.clip_samples]])
     generic = D.clip_scores(lambda w: scorer(w), clips, fs.clip_samples, hop)  # no shared frames
     torch.testing.assert_close(D.clip_scores(scorer, clips, fs.clip_samples, hop), generic, atol=1e-5, rtol=1e-4)
+
+
+def test_every_reported_number_is_in_the_metric_table():
+    from raykd import metrics as M
+
+    clips = torch.stack([recording(1.0, [(0.3, 1.0)], seed=20), recording(1.0, [], seed=21)])
+    data = WaveformSet(clips, torch.tensor([1, 0]), ["a", "b"], ["", ""], sample_rate=SR,
+                       streams=[recording(60, [(20.0, 0.8)], seed=22)])
+    row = E.as_metrics(E.evaluate_detector(energy_scorer, data, FEATURES, EV, threshold=0.5))
+    assert set(row) <= set(M.METRICS) and M.VAL_FRR_AT_TARGET in row
+    assert M.VAL_FRR_AT_TARGET in M.SEARCHABLE and M.VAL_THRESHOLD_AT_TARGET not in M.SEARCHABLE
+    assert row[M.VAL_NEGATIVE_HOURS] == pytest.approx(61 / 3600)
+    assert row[M.VAL_FA_PER_HOUR] == pytest.approx(1 / (61 / 3600))  # the 0.64 near miss, once
