@@ -6,7 +6,7 @@ at inference. Two graphs, one student:
 
     <out_dir>/student.onnx         the deployed model: input "audio" (batch, samples) float32,
                                    16 kHz mono PCM in [-1, 1] -> "logits" (batch, 2); the log-mel
-                                   front end (reflect pad, STFT, |.|^2, mel matrix, log) is IN
+                                   front end (reflect pad, DFT, |.|^2, mel matrix, log) is IN
                                    the graph, so a deployment feeds audio, not features
     <out_dir>/student_logmel.onnx  the same student without its front end: input "logmel"
                                    (batch, n_mels, frames) -> "logits", for runtimes that compute
@@ -15,10 +15,11 @@ at inference. Two graphs, one student:
                                    streaming hop, the chosen threshold and the operating point it
                                    was measured at, labels, opset, source checkpoint and metrics
 
-The exporter is torch 2.9's default (dynamo=True, torch.export): torchaudio's MelSpectrogram
-becomes ONNX Pad(reflect) + STFT + MatMul, and each eval-mode BatchNorm is folded into the conv
-before it, so the graph holds the conv weights plus one bias per BN channel, not the BN
-parameters and running statistics.
+The exporter is torch 2.9's default (dynamo=True, torch.export). The front end is written in
+plain ops (raykd.export_graph.GraphLogMel: reflect Pad, a DFT convolution, the mel matrix, Log),
+not ONNX's STFT op, which onnxruntime runs slower and far less accurately. Each eval-mode
+BatchNorm is folded into the conv before it, so a graph holds the conv weights plus one bias per
+BN channel, not the BN parameters and running statistics.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ class GraphLogMel(nn.Module):
     that export to plain ONNX: reflect Pad -> Conv1d with a fixed windowed-DFT basis (real and
     imaginary rows) -> re^2 + im^2 -> 1x1 Conv1d with the mel matrix -> log(. + LOG_FLOOR).
 
-    Why not ONNX's STFT op (what torch exports torchaudio's spectrogram to): onnxruntime 1.2x
+    Why not ONNX's STFT op (what torch exports torchaudio's spectrogram to): onnxruntime 1.32
     computes it ~10x slower than this and 100x less accurately (log-mel off by 2.6e-2 on real
     clips; this graph: 1.5e-4, torch's own float32 error is 1.1e-4). The 1x1 conv, not a
     MatMul, because torch.export's matmul decomposition pins the batch size.
