@@ -87,7 +87,7 @@ def main() -> None:
         graph = onnx.load(str(path)).graph
         onnx_elems = sum(int(np.prod(i.dims)) for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
         session = E.ort_session(path, threads=args.threads)
-        feed = {E.INPUT_NAME: x.numpy()}
+        feed = {E.LOGMEL_INPUT: x.numpy()}
         with torch.inference_mode():
             rows = [
                 ("onnxruntime: exported student", onnx_elems,

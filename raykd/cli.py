@@ -293,16 +293,72 @@ def export(checkpoint: Path, out: Optional[Path] = typer.Option(None, help="Defa
 
 @app.command("eval")
 @user_errors
-def eval_(model: Path, data: Path, threshold: Optional[float] = typer.Option(None)) -> None:
-    """Accuracy, false-reject rate and false accepts per hour of an exported model on a folder or CSV."""
-    from raykd.export import evaluate_onnx
+def eval_(model: Path, data: Path,
+          threshold: Optional[float] = typer.Option(None, help="Default: the sidecar's (the operating point)."),
+          json_: bool = typer.Option(False, "--json", help="Print one JSON object on stdout, nothing else."),
+          plot: Optional[Path] = typer.Option(None, help="Write the DET curve (FRR against FA/h) to this PNG."),
+          events: bool = typer.Option(False, "--events", help="List every false accept: file, time, score.")) -> None:
+    """Stream an exported model over DATA: a folder (positive/, negative/), a CSV manifest or one
+    long recording (all negative). Negatives are scored whole (FA/h per hour of their audio)."""
+    import json
 
-    m = evaluate_onnx(model, data, threshold)
+    from raykd.eval_data import evaluate_export
+
+    m, fired = evaluate_export(model, data, threshold)
+    if plot:
+        from raykd.plots import det_plot
+
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        det_plot({**m, "points": m["det"]}, plot)  # the report holds every key of a det.json record
+    if json_:
+        out = {**m, "events": [{"file": f, "time_s": t, "score": s} for f, t, s in fired]} if events else m
+        sys.stdout.write(json.dumps(out) + "\n")
+        return
     table = Table(title=f"{model} on {data}")
-    for k in m:
-        table.add_column(k, justify="right")
-    table.add_row(*[_fmt(v) for v in m.values()])
+    cols = {"positives": "positives", "negative_hours": "negative hours", "threshold": "threshold",
+            "frr": "FRR", "fa_per_hour": "FA/h", "frr_at_target": f"FRR @ {m['target_fa_per_hour']:g} FA/h",
+            "threshold_at_target": "its threshold", "fa_per_hour_at_target": "its FA/h"}
+    for label in cols.values():
+        table.add_column(label, justify="right")
+    table.add_row(*[_fmt(m[k]) for k in cols])
     console.print(table)
+    if not m["target_met"]:
+        console.print(f"no threshold reaches {m['target_fa_per_hour']:g} FA/h on this audio", highlight=False)
+    if events:
+        _events_table(fired, "false accepts")
+    if plot:
+        console.print(f"DET curve: {plot}")
+
+
+def _events_table(rows: list[tuple[str, float, float]], title: str) -> None:
+    table = Table(title=title)
+    for c in ("file", "time (s)", "score"):
+        table.add_column(c, justify="left" if c == "file" else "right")
+    for f, t, s in rows:
+        table.add_row(escape(f), f"{t:.2f}", f"{s:.3f}")
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def detect(model: Path, wav: Path,
+           threshold: Optional[float] = typer.Option(None, help="Default: the sidecar's (the operating point)."),
+           json_: bool = typer.Option(False, "--json", help="Print one JSON object on stdout, nothing else.")) -> None:
+    """Times (s) at which an exported model fires on a recording, with the window's score:
+    listen there to hear what triggered it. A time is the end of the window that fired."""
+    import json
+
+    from raykd.eval_data import detect_file
+
+    fired, used, seconds = detect_file(model, wav, threshold)
+    if json_:
+        sys.stdout.write(json.dumps({"file": str(wav), "seconds": seconds, "threshold": used,
+                                     "events": [{"time_s": t, "score": s} for t, s in fired]}) + "\n")
+        return
+    console.print(f"{escape(str(wav))}: {len(fired)} trigger(s) in {seconds:.1f} s at threshold {used:.4g}",
+                  highlight=False)
+    for t, s in fired:
+        console.print(f"{t:10.2f} s  score {s:.3f}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console script entry

@@ -42,7 +42,7 @@ def n_windows(n_samples: int, clip_samples: int, hop_samples: int) -> int:
     """Windows needed to cover every sample: 1 for audio up to a clip, then one per hop."""
     if clip_samples <= 0 or hop_samples <= 0:
         raise ValueError(f"clip_samples {clip_samples} and hop_samples {hop_samples} must be > 0")
-    return 1 + max(0, math.ceil((n_samples - clip_samples) / hop_samples))
+    return 1 + max(0, -(-(n_samples - clip_samples) // hop_samples))  # integer ceil
 
 
 def window_starts(n_samples: int, clip_samples: int, hop_samples: int) -> torch.Tensor:

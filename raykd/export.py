@@ -1,15 +1,24 @@
-"""Student-only ONNX export with a parity check, a JSON sidecar and MLflow registration; and
-evaluation of an export on a folder or CSV of clips.
+"""Student-only ONNX export with a parity check, a JSON sidecar and MLflow registration.
 
-What leaves the project is `ExportableStudent` (TinyConv, logits only): the projectors live
-in the checkpoint but never in the graph, so feature alignment costs nothing at inference.
+What leaves the project is the student (TinyConv, logits only) behind the training front end:
+the projectors live in the checkpoint but never in a graph, so feature alignment costs nothing
+at inference. Two graphs, one student:
 
-    <out_dir>/student.onnx   input "logmel" (batch, n_mels, frames) float32 -> "logits" (batch, 2)
-    <out_dir>/student.json   everything needed to run it: the feature recipe, labels,
-                             threshold, opset, the source checkpoint and its best metrics
+    <out_dir>/student.onnx         the deployed model: input "audio" (batch, samples) float32,
+                                   16 kHz mono PCM in [-1, 1] -> "logits" (batch, 2); the log-mel
+                                   front end (reflect pad, DFT, |.|^2, mel matrix, log) is IN
+                                   the graph, so a deployment feeds audio, not features
+    <out_dir>/student_logmel.onnx  the same student without its front end: input "logmel"
+                                   (batch, n_mels, frames) -> "logits", for runtimes that compute
+                                   features themselves (the sidecar's "feature" recipe)
+    <out_dir>/student.json         everything needed to run them: input kind, sample rate, window,
+                                   streaming hop, the chosen threshold and the operating point it
+                                   was measured at, labels, opset, source checkpoint and metrics
 
-The exporter is torch 2.9's default (dynamo=True, torch.export): it folds each eval-mode
-BatchNorm into the conv before it, so the graph holds the conv weights plus one bias per
+The exporter is torch 2.9's default (dynamo=True, torch.export). The front end is written in
+plain ops (raykd.export_graph.GraphLogMel: reflect Pad, a DFT convolution, the mel matrix, Log),
+not ONNX's STFT op, which onnxruntime runs slower and far less accurately. Each eval-mode
+BatchNorm is folded into the conv before it, so a graph holds the conv weights plus one bias per
 BN channel, not the BN parameters and running statistics.
 """
 
@@ -23,26 +32,34 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from raykd.config import DataConfig, FeatureConfig, RaykdConfig, config_from_dict
+from raykd import metrics as M
+from raykd.checkpoint import BEST_FILE, CHECKPOINT_FORMAT
+from raykd.config import FeatureConfig, RaykdConfig, config_from_dict
 from raykd.data.features import LOG_FLOOR, LogMel, num_frames
 from raykd.errors import UserError
+from raykd.export_graph import (AUDIO_INPUT, DEFAULT_OPSET, LOGMEL_INPUT, MIN_FRAMES, MIN_OPSET, OUTPUT_NAME,
+                                TorchReference, audio_to_onnx, min_samples, onnx_opset, to_onnx)
 from raykd.fsutil import atomic_file
 from raykd.models.student import ExportableStudent, TinyConv, build_student, count_params
 
-from raykd.checkpoint import BEST_FILE, CHECKPOINT_FORMAT
+__all__ = ["AUDIO_INPUT", "LOGMEL_INPUT", "OUTPUT_NAME", "DEFAULT_OPSET", "MIN_FRAMES", "audio_to_onnx", "to_onnx",
+           "onnx_opset", "export_onnx", "ort_session"]
 
 CHECKPOINT_DIR = "checkpoint"  # <run>/checkpoint/best.pt, written by train.finish
 
-ONNX_FILE = "student.onnx"
+ONNX_FILE = "student.onnx"  # raw audio in: the deployed model
+LOGMEL_ONNX_FILE = "student_logmel.onnx"  # log-mel in: the same student without its front end
 SIDECAR_FILE = "student.json"
-SIDECAR_FORMAT = 1
-INPUT_NAME, OUTPUT_NAME = "logmel", "logits"
+SIDECAR_FORMAT = 2  # 2: raw-audio student.onnx, operating point, streaming settings
 LABELS = ("not_wakeword", "wakeword")  # logit index -> label
-# torch 2.9's exporter emits opset 18; its down-conversion to 17 fails on ReduceMean's axes input.
-DEFAULT_OPSET, MIN_OPSET = 18, 17
-PARITY_ATOL = 1e-4  # max |logits_onnxruntime - logits_pytorch| accepted
-MIN_FRAMES = 2  # smallest dynamic frame count (torch.export specialises sizes 0 and 1)
+# Accepted max |logits_onnxruntime - logits_pytorch|. The log-mel graph runs the same ops as
+# PyTorch; the raw-audio graph computes the front end another way (a DFT convolution, not an
+# FFT): float32 rounding differs by ~1e-4 in log-mel, ~1e-5 in logits on real clips.
+PARITY_ATOL = 1e-4
+AUDIO_PARITY_ATOL = 1e-3
+PARITY_CLIPS_PER_LABEL = 6  # real clips of each label the raw-audio parity check runs on
 
 
 class ParityError(RuntimeError):
@@ -51,11 +68,14 @@ class ParityError(RuntimeError):
 
 @dataclass(frozen=True)
 class ExportResult:
-    onnx_path: Path
+    onnx_path: Path  # raw audio in (the deployed model)
     sidecar_path: Path
-    max_abs_diff: float  # parity, onnxruntime vs PyTorch logits
+    max_abs_diff: float  # parity of onnx_path: onnxruntime vs PyTorch (LogMel + student) logits
     params: int  # student parameters (count_params)
     registered_version: int | None  # MLflow model registry version, None when not registered
+    logmel_path: Path | None = None  # log-mel in
+    logmel_max_abs_diff: float = 0.0
+    parity_inputs: str = ""  # what the raw-audio parity ran on (dataset clips or generated audio)
 
 
 # ----------------------------------------------------------------------------- checkpoint
@@ -106,33 +126,7 @@ def load_student(path: str | Path) -> tuple[TinyConv, RaykdConfig, dict[str, Any
     return student.eval(), cfg, dict(state.get("metrics") or {})
 
 
-# ----------------------------------------------------------------------------- ONNX
-
-
-def to_onnx(student: TinyConv, n_mels: int, frames: int, opset: int = DEFAULT_OPSET):
-    """ExportableStudent as an ONNX ModelProto: logmel (batch, n_mels, frames) -> logits (batch, 2).
-
-    Batch and frames are dynamic; `frames` only sets the example used for tracing.
-    """
-    import onnx
-
-    model = ExportableStudent(student).eval()
-    example = torch.zeros(2, n_mels, frames)
-    dims = {"feats": {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("frames", min=MIN_FRAMES)}}
-    program = torch.onnx.export(model, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                opset_version=opset, dynamo=True, dynamic_shapes=dims, verbose=False)
-    proto = program.model_proto
-    if onnx_opset(proto) != opset:
-        # torch logs the failed down-conversion and carries on at its own opset: say so plainly.
-        raise UserError(f"opset {opset}: torch {torch.__version__.split('+')[0]} could not convert the graph to it "
-                        f"(it made opset {onnx_opset(proto)}); export with opset {onnx_opset(proto)}")
-    onnx.checker.check_model(proto)
-    return proto
-
-
-def onnx_opset(proto) -> int:
-    """Version of the default ONNX domain the graph really uses."""
-    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+# ----------------------------------------------------------------------------- ONNX runtime
 
 
 def ort_session(onnx_path: Path, threads: int = 0):
@@ -144,42 +138,78 @@ def ort_session(onnx_path: Path, threads: int = 0):
     return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
 
-def parity_inputs(features: FeatureConfig, seed: int = 0) -> list[torch.Tensor]:
-    """Log-mel batches (B, n_mels, T) to compare runtimes on: random, and features of silence,
-    noise and a harmonic chirp in noise (the value range real clips have); batch 1 and 5,
-    the training clip length and a 1-second window."""
+# ----------------------------------------------------------------------------- parity
+
+
+def dataset_clips(cfg: RaykdConfig, per_label: int = PARITY_CLIPS_PER_LABEL) -> torch.Tensor | None:
+    """(K, clip_samples) real clips of the run's dataset (validation split first), positives and
+    negatives alike; None when the dataset is not on this machine (parity then uses generated audio)."""
+    from raykd.data.audio import DatasetError, read_audio
+    from raykd.data.dataset import list_clips
+
+    try:
+        clips = list_clips(cfg)
+    except DatasetError:
+        return None
+    f = cfg.features
+    order = sorted(clips, key=lambda c: (c.split != "val", c.name))
+    waves = []
+    for label in (1, 0):
+        for c in [c for c in order if c.label == label][:per_label]:
+            try:
+                waves.append(read_audio(c.path, f.sample_rate, f.clip_samples))
+            except DatasetError:
+                continue  # an unreadable file is the dataset's problem, not the export's
+    return torch.stack(waves) if waves else None
+
+
+def generated_clips(features: FeatureConfig, seed: int = 0) -> torch.Tensor:
+    """(3, clip_samples): silence, noise and a harmonic glide in noise (like a voiced "hey")."""
     g = torch.Generator().manual_seed(seed)
     s, sr = features.clip_samples, features.sample_rate
     t = torch.arange(s) / sr
-    f0 = 120 + 180 * t / max(features.clip_seconds, 1e-3)  # glide, like a voiced "hey"
+    f0 = 120 + 180 * t / max(features.clip_seconds, 1e-3)
     phase = 2 * torch.pi * torch.cumsum(f0, 0) / sr
     voiced = sum(torch.sin(k * phase) / k for k in range(1, 6)) * 0.2
-    waves = torch.stack([torch.zeros(s), 0.05 * torch.randn(s, generator=g),
-                         voiced + 0.01 * torch.randn(s, generator=g)])
-    real = LogMel(features)(waves)
+    return torch.stack([torch.zeros(s), 0.05 * torch.randn(s, generator=g),
+                        voiced + 0.01 * torch.randn(s, generator=g)])
 
-    def rand(batch: int, frames: int) -> torch.Tensor:  # about the mean and spread of log-mel values
+
+def audio_parity_inputs(clips: torch.Tensor) -> list[torch.Tensor]:
+    """Batches of audio (B, S) for the raw graph: all clips, one clip, and the clips end to end
+    with an odd tail (a long stream window: the sample count is dynamic, not a multiple of hop)."""
+    stream = clips.reshape(1, -1)
+    return [clips, clips[:1], torch.cat([stream, stream[:, :37]], 1)]
+
+
+def logmel_parity_inputs(clips: torch.Tensor, features: FeatureConfig, seed: int = 0) -> list[torch.Tensor]:
+    """Log-mel batches (B, n_mels, T) for the log-mel graph: features of the clips, and random
+    ones about the mean and spread of log-mel values (batch 5 and 1, a 1-second window)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(batch: int, frames: int) -> torch.Tensor:
         return -6.0 + 4.0 * torch.randn(batch, features.n_mels, frames, generator=g)
 
-    frames = real.shape[-1]
+    real = LogMel(features)(clips)
     second = max(MIN_FRAMES, num_frames(features.model_copy(update={"clip_seconds": 1.0})))
-    return [real, rand(5, frames), rand(1, frames), rand(2, second)]
+    return [real, rand(5, real.shape[-1]), rand(1, real.shape[-1]), rand(2, second)]
 
 
 @torch.no_grad()
-def check_parity(student: TinyConv, onnx_path: Path, inputs: list[torch.Tensor]) -> float:
-    """Max |logits| difference, onnxruntime vs PyTorch, over input batches; ParityError above PARITY_ATOL."""
-    model = ExportableStudent(student).eval()
+def check_parity(reference: nn.Module, onnx_path: Path, input_name: str, inputs: list[torch.Tensor],
+                 atol: float) -> float:
+    """Max |logits| difference, onnxruntime vs the PyTorch reference, over input batches;
+    ParityError above atol."""
     session = ort_session(onnx_path)
     worst = 0.0
     for x in inputs:
-        ours = model(x).numpy()
-        theirs = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+        ours = reference(x).numpy()
+        theirs = session.run([OUTPUT_NAME], {input_name: x.numpy()})[0]
         diff = float(np.abs(ours - theirs).max()) if theirs.shape == ours.shape else float("inf")
         worst = max(worst, diff if np.isfinite(diff) else float("inf"))  # NaN must fail, not compare False
-    if not worst <= PARITY_ATOL:
-        raise ParityError(f"{onnx_path}: onnxruntime and PyTorch logits differ by {worst:.3g} "
-                          f"> {PARITY_ATOL:g}; the previous export, if any, is left as it was")
+    if not worst <= atol:
+        raise ParityError(f"{onnx_path.name}: onnxruntime and PyTorch logits differ by {worst:.3g} "
+                          f"> {atol:g}; the previous export, if any, is left as it was")
     return worst
 
 
@@ -187,7 +217,8 @@ def check_parity(student: TinyConv, onnx_path: Path, inputs: list[torch.Tensor])
 
 
 def feature_recipe(features: FeatureConfig) -> dict[str, Any]:
-    """How to turn audio into the model's input, read off the LogMel the student was trained with."""
+    """How audio becomes the log-mel graph's input (and what the raw-audio graph computes inside),
+    read off the LogMel the student was trained with."""
     mel = LogMel(features).mel
     spec = mel.spectrogram
     window = "hann" if torch.allclose(spec.window, torch.hann_window(mel.win_length)) else "custom"
@@ -204,24 +235,49 @@ def feature_recipe(features: FeatureConfig) -> dict[str, Any]:
     }
 
 
+def operating_point(cfg: RaykdConfig, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The threshold a deployment uses and what validation measured at it.
+
+    The threshold that met eval.target_fa_per_hour on the validation stream when the checkpoint
+    has it (val_threshold_at_target), else train.threshold with the FRR and FA/h at that one.
+    Read with .get: a checkpoint from before the streaming metrics still exports (values None)."""
+    at_target = metrics.get(M.VAL_THRESHOLD_AT_TARGET)
+    # Above 1 (nothing fires) when no threshold met the target: train.threshold is the usable one.
+    if isinstance(at_target, (int, float)) and 0 < at_target <= 1:
+        return {"threshold": float(at_target), "source": M.VAL_THRESHOLD_AT_TARGET,
+                "target_fa_per_hour": cfg.eval.target_fa_per_hour,
+                "frr": metrics.get(M.VAL_FRR_AT_TARGET), "fa_per_hour": metrics.get(M.VAL_FA_PER_HOUR_AT_TARGET)}
+    return {"threshold": cfg.train.threshold, "source": "train.threshold",
+            "target_fa_per_hour": cfg.eval.target_fa_per_hour,
+            "frr": metrics.get(M.VAL_FRR), "fa_per_hour": metrics.get(M.VAL_FA_PER_HOUR)}
+
+
 def build_sidecar(cfg: RaykdConfig, metrics: dict[str, Any], params: int, source: Path, opset: int,
-                  onnx_sha256: str) -> dict[str, Any]:
+                  sha256: dict[str, str], parity: dict[str, Any]) -> dict[str, Any]:
     f = cfg.features
+    point = operating_point(cfg, metrics)
     return {
-        "format": SIDECAR_FORMAT, "name": cfg.name, "model": ONNX_FILE, "onnx_sha256": onnx_sha256,
-        "input": {"name": INPUT_NAME, "shape": ["batch", f.n_mels, "frames"], "dtype": "float32",
-                  "frames_per_clip": num_frames(f)},
+        "format": SIDECAR_FORMAT, "name": cfg.name, "model": ONNX_FILE, "onnx_sha256": sha256[ONNX_FILE],
+        "input": {"name": AUDIO_INPUT, "kind": "raw_audio", "shape": ["batch", "samples"], "dtype": "float32",
+                  "sample_rate": f.sample_rate, "channels": 1, "range": [-1.0, 1.0],
+                  "clip_samples": f.clip_samples, "min_samples": min_samples(f)},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(LABELS)], "dtype": "float32",
                    "wakeword_probability": "softmax(logits)[:, 1]"},
-        "labels": list(LABELS), "threshold": cfg.train.threshold,
+        "logmel_model": {"model": LOGMEL_ONNX_FILE, "onnx_sha256": sha256[LOGMEL_ONNX_FILE],
+                         "input": {"name": LOGMEL_INPUT, "kind": "logmel", "shape": ["batch", f.n_mels, "frames"],
+                                   "dtype": "float32", "frames_per_clip": num_frames(f)},
+                         "use": "the same student without its front end: feed it the 'feature' recipe's log-mel"},
+        "labels": list(LABELS), "threshold": point["threshold"], "operating_point": point,
+        "streaming": {"window_samples": f.clip_samples, "hop_ms": cfg.eval.hop_ms,
+                      "refractory_s": cfg.eval.refractory_s},
         "sample_rate": f.sample_rate, "clip_seconds": f.clip_seconds, "n_mels": f.n_mels,
         "win_ms": f.win_ms, "hop_ms": f.hop_ms, "feature": feature_recipe(f),
         "student": cfg.student.model_dump(mode="json"), "params": params,
-        "source_checkpoint": str(source.resolve()), "metrics": metrics, "opset": opset,
+        "source_checkpoint": str(source.resolve()), "metrics": metrics, "opset": opset, "parity": parity,
     }
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -230,9 +286,10 @@ def _sha256(path: Path) -> str:
 
 def export_onnx(path: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET, register: bool = True,
                 tracking_uri: str | None = None) -> ExportResult:
-    """Student only -> <out_dir>/student.onnx + student.json, parity-checked, optionally registered.
+    """Student only -> <out_dir>/student.onnx (raw audio) + student_logmel.onnx + student.json,
+    parity-checked, optionally registered.
 
-    Files are written to a temp folder and renamed into place only after the parity check,
+    Files are written to temp names and renamed into place only after both parity checks,
     so a failed export leaves any previous export intact.
     """
     import onnx
@@ -248,17 +305,29 @@ def export_onnx(path: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSE
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"{out_dir}: cannot create the export folder ({e.strerror})") from None
-    # The ONNX file replaces a previous one only after its parity check passed.
-    with atomic_file(out_dir / ONNX_FILE) as tmp:
-        proto = to_onnx(student, cfg.features.n_mels, num_frames(cfg.features), opset)
+    f = cfg.features
+    clips = dataset_clips(cfg)
+    inputs = f"{len(clips)} clips of the dataset ({cfg.data.source})" if clips is not None else \
+        "generated audio (the dataset is not on this machine)"
+    clips = generated_clips(f, cfg.seed) if clips is None else clips
+    with atomic_file(out_dir / ONNX_FILE) as tmp, atomic_file(out_dir / LOGMEL_ONNX_FILE) as tmp_mel:
+        proto = audio_to_onnx(student, f, opset)
         onnx.save(proto, str(tmp))
-        diff = check_parity(student, tmp, parity_inputs(cfg.features, cfg.seed))
+        diff = check_parity(TorchReference(student, f).eval(), tmp, AUDIO_INPUT, audio_parity_inputs(clips),
+                            AUDIO_PARITY_ATOL)
+        onnx.save(to_onnx(student, f.n_mels, num_frames(f), opset), str(tmp_mel))
+        mel_diff = check_parity(ExportableStudent(student).eval(), tmp_mel, LOGMEL_INPUT,
+                                logmel_parity_inputs(clips, f, cfg.seed), PARITY_ATOL)
         params = count_params(student)
-        side = build_sidecar(cfg, metrics, params, source, onnx_opset(proto), _sha256(tmp))
+        parity = {"inputs": inputs, ONNX_FILE: {"max_abs_diff": diff, "atol": AUDIO_PARITY_ATOL},
+                  LOGMEL_ONNX_FILE: {"max_abs_diff": mel_diff, "atol": PARITY_ATOL}}
+        side = build_sidecar(cfg, metrics, params, source, onnx_opset(proto),
+                             {ONNX_FILE: file_sha256(tmp), LOGMEL_ONNX_FILE: file_sha256(tmp_mel)}, parity)
     with atomic_file(out_dir / SIDECAR_FILE) as tmp:
         tmp.write_text(json.dumps(side, indent=1) + "\n")
     version = register_export(cfg, out_dir, side, diff, uri) if uri else None
-    return ExportResult(out_dir / ONNX_FILE, out_dir / SIDECAR_FILE, diff, params, version)
+    return ExportResult(out_dir / ONNX_FILE, out_dir / SIDECAR_FILE, diff, params, version,
+                        out_dir / LOGMEL_ONNX_FILE, mel_diff, inputs)
 
 
 def _registry_uri(cfg: RaykdConfig, override: str | None) -> str:
@@ -282,7 +351,7 @@ def register_export(cfg: RaykdConfig, out_dir: Path, side: dict[str, Any], diff:
     from raykd import tracking as T
 
     signature = ModelSignature(
-        Schema([TensorSpec(np.dtype(np.float32), (-1, side["n_mels"], -1), INPUT_NAME)]),
+        Schema([TensorSpec(np.dtype(np.float32), (-1, -1), AUDIO_INPUT)]),
         Schema([TensorSpec(np.dtype(np.float32), (-1, len(LABELS)), OUTPUT_NAME)]))
     exp_id = T.experiment_id(uri, cfg.tracking.experiment)
     numeric = {k: float(v) for k, v in side["metrics"].items() if isinstance(v, (int, float))}
@@ -292,88 +361,15 @@ def register_export(cfg: RaykdConfig, out_dir: Path, side: dict[str, Any], diff:
     try:
         with mlflow.start_run(experiment_id=exp_id, run_name=f"export-{cfg.name}", tags={T.KIND_TAG: "export"}):
             mlflow.log_params({"source_checkpoint": side["source_checkpoint"], "opset": side["opset"],
-                               "student_params": side["params"], "threshold": side["threshold"]})
-            mlflow.log_metrics({**numeric, "parity_max_abs_diff": diff})
+                               "student_params": side["params"], "threshold": side["threshold"],
+                               "input": side["input"]["kind"]})
+            mlflow.log_metrics({**numeric, "parity_max_abs_diff": diff})  # the deployed graph's
             info = mlflow.onnx.log_model(
                 onnx.load(str(out_dir / ONNX_FILE)), name="student", registered_model_name=f"{cfg.name}-student",
-                signature=signature, save_as_external_data=False, extra_files=[str(out_dir / SIDECAR_FILE)],
+                signature=signature, save_as_external_data=False, extra_files=[str(out_dir / SIDECAR_FILE), str(out_dir / LOGMEL_ONNX_FILE)],
                 # Pinned here: MLflow would otherwise infer them in a slow subprocess.
                 pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"])
     finally:
         mlflow.set_tracking_uri(prev_tracking)
         mlflow.set_registry_uri(prev_registry)
     return int(info.registered_model_version)
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def load_export(model: str | Path) -> tuple[Path, dict[str, Any]]:
-    """(student.onnx, its sidecar) from an export folder or the .onnx file (sidecar beside it)."""
-    model = Path(model)
-    onnx_path = model / ONNX_FILE if model.is_dir() else model
-    side_path = onnx_path.with_suffix(".json")
-    for p in (onnx_path, side_path):
-        if not p.is_file():
-            raise UserError(f"{p}: no such file (expected an export folder with {ONNX_FILE} and {SIDECAR_FILE})")
-    side = json.loads(side_path.read_text())
-    if side.get("format") != SIDECAR_FORMAT:
-        raise UserError(f"{side_path}: sidecar format {side.get('format')!r}, this raykd reads {SIDECAR_FORMAT}")
-    if side["onnx_sha256"] != _sha256(onnx_path):
-        raise UserError(f"{side_path}: does not describe {onnx_path} (checksum differs); export again")
-    return onnx_path, side
-
-
-def sidecar_features(side: dict[str, Any]) -> FeatureConfig:
-    """The FeatureConfig an export was trained with; refuses one whose LogMel has changed since."""
-    f = FeatureConfig(**{k: side[k] for k in ("sample_rate", "clip_seconds", "n_mels", "win_ms", "hop_ms")})
-    if feature_recipe(f) != side["feature"]:
-        raise UserError(f"{side['model']}: its feature recipe differs from this raykd's LogMel; "
-                        f"evaluate it with the raykd version that exported it")
-    return f
-
-
-def read_eval_clips(data_path: str | Path, features: FeatureConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every clip of a folder (positive/, negative/) or CSV manifest, all splits:
-    (N, clip_samples) waves cropped/padded like training, (N,) labels."""
-    from raykd.data.audio import DatasetError, read_audio
-    from raykd.data.dataset import list_clips
-
-    data_path = Path(data_path)
-    if data_path.is_dir():
-        data = DataConfig(source="folder", root=data_path)
-    elif data_path.is_file():
-        data = DataConfig(source="manifest", manifest=data_path)
-    else:
-        raise UserError(f"{data_path}: no such folder (positive/, negative/) or CSV manifest")
-    try:
-        clips = list_clips(RaykdConfig(data=data, features=features))
-        waves = [read_audio(c.path, features.sample_rate, features.clip_samples) for c in clips]
-    except DatasetError as e:  # a ValueError, not (yet) a UserError: one line for the CLI
-        raise UserError(str(e)) from None
-    return torch.stack(waves), torch.tensor([c.label for c in clips], dtype=torch.int64)
-
-
-def wakeword_probs(session: Any, feats: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """(N, n_mels, T) log-mel -> (N,) softmax wakeword probability from an onnxruntime session."""
-    out = [session.run([OUTPUT_NAME], {INPUT_NAME: feats[i:i + batch_size].numpy()})[0]
-           for i in range(0, len(feats), batch_size)]
-    return torch.from_numpy(np.concatenate(out)).softmax(-1)[:, LABELS.index("wakeword")]
-
-
-@torch.no_grad()
-def evaluate_onnx(model_dir_or_onnx: str | Path, data_path: str | Path,
-                  threshold: float | None = None) -> dict[str, float | int]:
-    """Accuracy, FRR and false accepts per hour of an export on labelled clips (threshold: the sidecar's)."""
-    from raykd.metrics import detection_metrics
-
-    onnx_path, side = load_export(model_dir_or_onnx)
-    features = sidecar_features(side)
-    threshold = side["threshold"] if threshold is None else threshold
-    if not 0 < threshold < 1:
-        raise UserError(f"threshold {threshold}: must be between 0 and 1")
-    waves, labels = read_eval_clips(data_path, features)
-    probs = wakeword_probs(ort_session(onnx_path), LogMel(features)(waves))
-    m = detection_metrics(probs, labels, threshold, features.clip_seconds)
-    return {"clips": len(labels), "positives": m.n_pos, "negatives": m.n_neg, "threshold": threshold,
-            "accuracy": m.accuracy, "frr": m.frr, "fa_per_hour": m.fa_per_hour}

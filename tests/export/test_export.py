@@ -1,4 +1,4 @@
-"""Student-only ONNX export: parity, graph contents, sidecar, registry, atomicity, evaluation."""
+"""Student-only ONNX export: parity on real clips, graph contents, sidecar, registry, atomicity."""
 
 from __future__ import annotations
 
@@ -81,15 +81,60 @@ def test_load_student_rejects_foreign_file(tmp_path):
         E.load_student(bad)
 
 
-# ----------------------------------------------------------------------------- the graph
+# ----------------------------------------------------------------------------- the graphs
+
+
+def dataset_waves(cfg) -> tuple[torch.Tensor, list[int]]:
+    """Every clip of the run's real synthetic dataset (espeak-ng speech, near misses, noise), read
+    with soundfile directly, and their labels."""
+    root = Path(cfg.data.root)
+    with open(root / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    waves = [torch.from_numpy(sf.read(root / r["path"], dtype="float32")[0]) for r in rows]
+    return torch.stack(waves), [int(r["label"]) for r in rows]
+
+
+def test_raw_audio_graph_matches_pytorch_on_real_clips(saved, exported):
+    """student.onnx on the dataset's wav files = torchaudio LogMel + the student in PyTorch."""
+    from raykd.data.features import LogMel
+
+    waves, labels = dataset_waves(saved.cfg)
+    assert len(waves) == 36 and 0 < sum(labels) < 36 and waves.abs().max() > 0.1  # real audio, both labels
+    session = E.ort_session(exported.onnx_path)
+    logmel, student = LogMel(saved.cfg.features), saved.model.student
+    # every clip in one batch; one clip; the clips end to end plus an odd tail (36 s, one window)
+    stream = torch.cat([waves.reshape(1, -1), waves[:1, :123]], 1)
+    for x in (waves, waves[3:4], stream):
+        got = session.run(["logits"], {"audio": x.numpy()})[0]
+        with torch.no_grad():
+            want = student(logmel(x))[0].numpy()
+        assert got.shape == (x.shape[0], 2)
+        assert np.abs(got - want).max() <= E.AUDIO_PARITY_ATOL
+        p_got, p_want = torch.from_numpy(got).softmax(-1), torch.from_numpy(want).softmax(-1)
+        assert (p_got - p_want).abs().max() <= 1e-4
+    assert "clips of the dataset" in exported.parity_inputs  # the export checked real clips too
+    assert exported.max_abs_diff <= E.AUDIO_PARITY_ATOL
+
+
+def test_graph_front_end_is_training_logmel(saved):
+    """The exportable front end (DFT convolution) computes training's LogMel on real clips."""
+    from raykd.data.features import LogMel
+    from raykd.export_graph import GraphLogMel
+
+    waves, _ = dataset_waves(saved.cfg)
+    logmel = LogMel(saved.cfg.features)
+    with torch.no_grad():
+        want, got = logmel(waves), GraphLogMel(logmel)(waves)
+    assert got.shape == want.shape == (36, 40, 101)
+    assert (got - want).abs().max() < 1e-3  # float32 rounding of a DFT vs an FFT, on log values -14..5
 
 
 @pytest.mark.parametrize("batch,frames", [(1, 101), (5, 101), (3, 64), (2, 250)])
-def test_onnxruntime_matches_pytorch(saved, exported, batch, frames):
-    assert exported.max_abs_diff <= 1e-4
+def test_logmel_graph_matches_pytorch(saved, exported, batch, frames):
+    assert exported.logmel_max_abs_diff <= 1e-4
     g = torch.Generator().manual_seed(batch * 1000 + frames)
     x = -6.0 + 4.0 * torch.randn(batch, saved.cfg.features.n_mels, frames, generator=g)
-    session = E.ort_session(exported.onnx_path)
+    session = E.ort_session(exported.logmel_path)
     got = session.run(["logits"], {"logmel": x.numpy()})[0]
     with torch.no_grad():
         want = saved.model.student(x)[0].numpy()
@@ -97,13 +142,21 @@ def test_onnxruntime_matches_pytorch(saved, exported, batch, frames):
     assert np.abs(got - want).max() <= 1e-4
 
 
+def dims(v) -> list:
+    return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+
+
 def test_graph_io_and_opset(saved, exported):
-    model = onnx.load(str(exported.onnx_path))
-    (inp,), (out,) = model.graph.input, model.graph.output
-    dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    raw, mel = onnx.load(str(exported.onnx_path)), onnx.load(str(exported.logmel_path))
+    (inp,), (out,) = raw.graph.input, raw.graph.output
+    assert (inp.name, dims(inp)) == ("audio", ["batch", "samples"])
+    assert (out.name, dims(out)[1]) == ("logits", 2)
+    (inp,), (out,) = mel.graph.input, mel.graph.output
     assert (inp.name, dims(inp)) == ("logmel", ["batch", saved.cfg.features.n_mels, "frames"])
     assert (out.name, dims(out)[1]) == ("logits", 2)
-    assert E.onnx_opset(model) >= 17
+    assert E.onnx_opset(raw) >= 17 and E.onnx_opset(mel) >= 17
+    raw_ops = {n.op_type for n in raw.graph.node}
+    assert {"Pad", "Conv", "Log"} <= raw_ops and "Log" not in {n.op_type for n in mel.graph.node}
 
 
 def expected_learned_shapes(student: nn.Module) -> list[tuple[int, ...]]:
@@ -119,18 +172,42 @@ def expected_learned_shapes(student: nn.Module) -> list[tuple[int, ...]]:
     return sorted(shapes)
 
 
-def test_graph_holds_the_student_and_nothing_else(saved, exported):
+def front_end_tensors(features) -> dict[str, np.ndarray]:
+    """The raw-audio graph's fixed front end, computed here from torchaudio's own window and mel
+    matrix: the windowed DFT basis (cos rows, then -sin rows) and the mel filterbank."""
+    from raykd.data.features import LogMel
+
+    mel = LogMel(features).mel
+    n = mel.n_fft
+    k, t = np.arange(n // 2 + 1)[:, None], np.arange(n)[None]
+    window = mel.spectrogram.window.double().numpy()
+    basis = np.concatenate([np.cos(2 * np.pi * k * t / n) * window, -np.sin(2 * np.pi * k * t / n) * window])
+    return {"frontend.dft": basis[:, None, :], "frontend.mel": mel.mel_scale.fb.numpy().T[:, :, None]}
+
+
+@pytest.mark.parametrize("graph", ["student.onnx", "student_logmel.onnx"])
+def test_graph_holds_the_student_and_nothing_else(saved, exported, graph):
+    """Initializers: the student's (BN folded), plus the front end in the raw-audio graph, plus
+    two op constants (2.0 for the power, the log floor): no projector, no teacher."""
     student = saved.model.student
-    learned = float_initializers(exported.onnx_path)
-    assert sorted(a.shape for a in learned.values()) == expected_learned_shapes(student)
+    learned = float_initializers(exported.onnx_path.parent / graph)
+    scalars = sorted(float(a) for n, a in learned.items() if a.ndim == 0)
+    learned = {n: a for n, a in learned.items() if a.ndim > 0}
+    front = front_end_tensors(saved.cfg.features) if graph == "student.onnx" else {}
+    assert scalars == ([float(np.float32(1e-6)), 2.0] if front else [])
+    assert sorted(a.shape for a in learned.values()) == sorted(expected_learned_shapes(student) +
+                                                               [a.shape for a in front.values()])
     bn_channels = sum(m.num_features for m in student.modules() if isinstance(m, nn.BatchNorm1d))
-    assert sum(a.size for a in learned.values()) == count_params(student) - bn_channels
+    front_size = sum(a.size for a in front.values())
+    assert sum(a.size for a in learned.values()) == count_params(student) - bn_channels + front_size
     assert exported.params == count_params(student)
+    for name, want in front.items():
+        np.testing.assert_allclose(learned[name], want, rtol=0, atol=1e-6)
     # no projector: none of its widths, no LayerNorm, no name from the projectors
-    assert not [n for n, a in learned.items() if saved.projector_dims & set(a.shape)]
+    assert not [n for n, a in learned.items() if n not in front and saved.projector_dims & set(a.shape)]
     assert not [n for n in learned if "projector" in n]
-    ops = {n.op_type for n in onnx.load(str(exported.onnx_path)).graph.node}
-    assert "LayerNormalization" not in ops and "BatchNormalization" not in ops
+    ops = {n.op_type for n in onnx.load(str(exported.onnx_path.parent / graph)).graph.node}
+    assert "LayerNormalization" not in ops and "BatchNormalization" not in ops and "STFT" not in ops
     # and the exported weights are the checkpoint's (one spot check, unfolded layer)
     np.testing.assert_array_equal(learned["student.classifier.weight"], student.classifier.weight.detach().numpy())
 
@@ -139,19 +216,46 @@ def test_sidecar(saved, exported):
     side = json.loads(exported.sidecar_path.read_text())
     f, cfg = saved.cfg.features, saved.cfg
     assert exported.sidecar_path == exported.onnx_path.with_name("student.json")
+    assert side["input"] == {"name": "audio", "kind": "raw_audio", "shape": ["batch", "samples"], "dtype": "float32",
+                             "sample_rate": 16000, "channels": 1, "range": [-1.0, 1.0], "clip_samples": 16000,
+                             "min_samples": 400}
     assert {k: side[k] for k in ("sample_rate", "clip_seconds", "n_mels", "win_ms", "hop_ms")} == \
         {"sample_rate": 16000, "clip_seconds": 1.0, "n_mels": f.n_mels, "win_ms": f.win_ms, "hop_ms": f.hop_ms}
     assert side["labels"] == ["not_wakeword", "wakeword"]
+    # this checkpoint predates the streaming metrics: train.threshold, with what was measured at it
     assert side["threshold"] == 0.4 == cfg.train.threshold
+    assert side["operating_point"] == {"threshold": 0.4, "source": "train.threshold", "target_fa_per_hour": 0.5,
+                                       "frr": 0.1, "fa_per_hour": 12.0}
+    assert side["streaming"] == {"window_samples": 16000, "hop_ms": cfg.eval.hop_ms,
+                                 "refractory_s": cfg.eval.refractory_s}
     assert side["params"] == count_params(saved.model.student)
     assert side["source_checkpoint"] == str(saved.best.resolve())
     assert side["metrics"] == saved.metrics
     assert side["opset"] == E.onnx_opset(onnx.load(str(exported.onnx_path)))
+    assert side["onnx_sha256"] == E.file_sha256(exported.onnx_path)
+    mel_side = side["logmel_model"]
+    assert (mel_side["model"], mel_side["onnx_sha256"]) == ("student_logmel.onnx", E.file_sha256(exported.logmel_path))
+    assert mel_side["input"]["shape"] == ["batch", f.n_mels, "frames"] and mel_side["input"]["frames_per_clip"] == 101
+    assert side["parity"]["student.onnx"] == {"max_abs_diff": exported.max_abs_diff, "atol": E.AUDIO_PARITY_ATOL}
     assert side["feature"]["recipe"] == "log(mel + 1e-06)"
     mel = side["feature"]["melspectrogram"]
     assert (mel["n_fft"], mel["win_length"], mel["hop_length"], mel["n_mels"], mel["power"], mel["center"]) == \
         (400, 400, 160, f.n_mels, 2.0, True)
-    assert side["input"]["frames_per_clip"] == 101
+
+
+def test_sidecar_takes_the_threshold_at_target(loudness_export):
+    """A checkpoint with the streaming metrics: its threshold at eval.target_fa_per_hour ships."""
+    side = json.loads((loudness_export / "student.json").read_text())
+    assert side["threshold"] == 0.5
+    assert side["operating_point"] == {"threshold": 0.5, "source": "val_threshold_at_target",
+                                       "target_fa_per_hour": 0.5, "frr": 0.05, "fa_per_hour": 0.4}
+
+
+def test_operating_point_without_a_met_target(saved):
+    """No threshold met the target (threshold_at_target above 1: nothing fires): train.threshold."""
+    metrics = {**saved.metrics, "val_threshold_at_target": 1.0000001, "val_frr_at_target": 1.0}
+    point = E.operating_point(saved.cfg, metrics)
+    assert (point["threshold"], point["source"], point["frr"]) == (0.4, "train.threshold", 0.1)
 
 
 def test_registered_in_mlflow(saved, exported):
@@ -188,17 +292,19 @@ def test_failed_parity_keeps_previous_export(saved, previous, monkeypatch):
     assert snapshot(previous) == before  # same files, same bytes, no temp folder left
 
 
-def test_corrupt_graph_fails_parity(saved, previous, monkeypatch):
-    real = E.to_onnx
+@pytest.mark.parametrize("builder,tensor", [("audio_to_onnx", "frontend.mel"), ("to_onnx", "student.classifier.bias")])
+def test_corrupt_graph_fails_parity(saved, previous, monkeypatch, builder, tensor):
+    """A 1e-3 change to one tensor of either graph (the mel matrix included) fails the export."""
+    real = getattr(E, builder)
 
     def corrupt(*args, **kwargs):
         proto = real(*args, **kwargs)
-        bias = next(i for i in proto.graph.initializer if i.name == "student.classifier.bias")
-        bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 1e-3, bias.name))
+        t = next(i for i in proto.graph.initializer if i.name == tensor)
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) + 1e-3, t.name))
         return proto
 
     before = snapshot(previous)
-    monkeypatch.setattr(E, "to_onnx", corrupt)
+    monkeypatch.setattr(E, builder, corrupt)
     with pytest.raises(E.ParityError):
         E.export_onnx(saved.run_dir, previous, register=False)
     assert snapshot(previous) == before
@@ -214,90 +320,3 @@ def test_unavailable_opset_is_refused_before_writing(saved, tmp_path, opset):
 def test_export_into_a_file_is_one_line(saved):
     with pytest.raises(UserError, match="cannot create"):
         E.export_onnx(saved.best, saved.best / "export", register=False)  # `raykd export best.pt`'s default
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def write_clips(root: Path, n_pos: int, n_neg: int, samples: int, seed: int = 0) -> list[tuple[Path, int]]:
-    """16-bit WAVs of exactly one clip: positives a harmonic glide in noise, negatives noise or silence."""
-    g = np.random.default_rng(seed)
-    t = np.arange(samples) / 16000
-    out = []
-    for i in range(n_pos + n_neg):
-        label = int(i < n_pos)
-        if label:
-            f0 = g.uniform(100, 250)
-            wave = 0.3 * np.sin(2 * np.pi * f0 * t * (1 + 0.5 * t)) + 0.02 * g.standard_normal(samples)
-        else:
-            wave = g.uniform(0, 0.2) * g.standard_normal(samples) * (i % 3 != 0)
-        path = root / ("positive" if label else "negative") / f"clip{i}.wav"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, wave.astype(np.float32), 16000, subtype="PCM_16")
-        out.append((path, label))
-    return out
-
-
-def reference_probs(student: nn.Module, features, clips: list[tuple[Path, int]]) -> np.ndarray:
-    """PyTorch student on log-mel of the same files, read with soundfile directly."""
-    from raykd.data.features import LogMel
-
-    waves = torch.stack([torch.from_numpy(sf.read(p, dtype="float32")[0]) for p, _ in clips])
-    with torch.no_grad():
-        return student(LogMel(features)(waves))[0].softmax(-1)[:, 1].numpy()
-
-
-def test_evaluate_onnx_matches_pytorch_reference(saved, exported, tmp_path):
-    f = saved.cfg.features
-    clips = write_clips(tmp_path / "data", n_pos=4, n_neg=6, samples=f.clip_samples)
-    probs = reference_probs(saved.model.student, f, clips)
-    labels = np.array([label for _, label in clips])
-    # a threshold between two reference probabilities, so that some clips fire and some do not,
-    # at the widest (relative) gap so that 1e-5 logit differences cannot flip a decision
-    ps = np.sort(probs.astype(np.float64))
-    k = max(range(2, 8), key=lambda i: ps[i + 1] / ps[i])
-    threshold = float(np.sqrt(ps[k] * ps[k + 1]))
-    assert 0 < threshold < 1 and ps[k + 1] / ps[k] > 1.01
-    fired = probs >= threshold
-    neg_hours = (labels == 0).sum() * f.clip_seconds / 3600
-    want = {"clips": 10, "positives": 4, "negatives": 6, "threshold": threshold,
-            "accuracy": float((fired == (labels == 1)).mean()),
-            "frr": float((~fired & (labels == 1)).sum() / 4),
-            "fa_per_hour": float((fired & (labels == 0)).sum() / neg_hours)}
-
-    got = E.evaluate_onnx(exported.onnx_path.parent, tmp_path / "data", threshold=threshold)
-    assert got == pytest.approx(want)
-
-    # the same clips as a CSV manifest (path,label), given the .onnx file itself
-    manifest = tmp_path / "data" / "clips.csv"
-    with open(manifest, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "label"])
-        w.writerows([(p.relative_to(manifest.parent).as_posix(), label) for p, label in clips])
-    assert E.evaluate_onnx(exported.onnx_path, manifest, threshold=threshold) == pytest.approx(want)
-
-
-def test_evaluate_onnx_uses_sidecar_threshold(exported, saved, tmp_path):
-    write_clips(tmp_path / "data", n_pos=2, n_neg=2, samples=saved.cfg.features.clip_samples)
-    assert E.evaluate_onnx(exported.onnx_path.parent, tmp_path / "data")["threshold"] == 0.4
-
-
-def test_evaluate_onnx_refuses_mismatched_sidecar(previous, tmp_path):
-    onnx_path = previous / "student.onnx"
-    onnx_path.write_bytes(onnx_path.read_bytes() + b"\0")
-    with pytest.raises(UserError, match="checksum"):
-        E.evaluate_onnx(previous, tmp_path)
-
-
-@pytest.mark.parametrize("problem", ["no_negative_folder", "corrupt_wav"])
-def test_evaluate_onnx_bad_data_is_one_line(exported, saved, tmp_path, problem):
-    write_clips(tmp_path, n_pos=1, n_neg=1, samples=saved.cfg.features.clip_samples)
-    if problem == "no_negative_folder":
-        shutil.rmtree(tmp_path / "negative")
-        culprit = tmp_path / "negative"
-    else:
-        culprit = tmp_path / "negative" / "clip1.wav"
-        culprit.write_bytes(b"RIFF but not really a wav")
-    with pytest.raises(UserError, match=str(culprit)) as e:
-        E.evaluate_onnx(exported.onnx_path.parent, tmp_path)
-    assert "\n" not in str(e.value)

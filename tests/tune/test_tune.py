@@ -94,7 +94,7 @@ def test_smoke_study_end_to_end(tiny_project, local_ray, tmp_path):
     assert (out / "student.onnx").is_file() and "parity" in res.output
     res = CliRunner().invoke(app, ["eval", str(out), str(root / "data" / "manifest.csv")])
     assert res.exit_code == 0, res.output
-    assert "accuracy" in res.output
+    assert "FRR" in res.output and "negative hours" in res.output  # streamed: no per-clip accuracy
 
 
 @pytest.mark.slow
