@@ -21,11 +21,12 @@ from ray.tune.stopper import Stopper
 from raykd import metrics as M
 from raykd import tracking as T
 from raykd.checkpoint import BEST_FILE
+from raykd.pipeline import DET_FILE, DET_PLOT, write_det  # a trial's DET at the end of a study
 from raykd.config import LayerSubsetParam, RaykdConfig, SearchConfig, absolute_paths, with_updates
 from raykd.errors import UserError
 from raykd.fsutil import atomic_dir
 from raykd.loggers import CHECKPOINT_PATH, TuneLogger
-from raykd.pipeline import DET_FILE, DET_PLOT, Inputs, ensure_ray, prepare, run_distillation, write_det
+from raykd.pipeline import Inputs, ensure_ray, prepare, run_distillation
 
 # A smoke study: the same code path, a few short trials on a small dataset.
 SMOKE_UPDATES: dict[str, Any] = {
