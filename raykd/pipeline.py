@@ -160,6 +160,7 @@ def write_det(ckpt_dir: Path | None, run_dir: Path, tracking: dict[str, str] | N
         for stale in (DET_FILE, DET_PLOT):  # from an earlier run in this folder
             (run_dir / stale).unlink(missing_ok=True)
         return []
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / DET_FILE).write_text(json.dumps(det, indent=1))
     paths = [run_dir / DET_FILE, det_plot(det, run_dir / DET_PLOT)]
     if tracking:

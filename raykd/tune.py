@@ -22,6 +22,7 @@ from ray.tune.stopper import Stopper
 from raykd import metrics as M
 from raykd import tracking as T
 from raykd.checkpoint import BEST_FILE
+from raykd.pipeline import DET_FILE, DET_PLOT, write_det  # a trial's DET at the end of a study
 from raykd.config import LayerSubsetParam, RaykdConfig, SearchConfig, absolute_paths, with_updates
 from raykd.errors import UserError
 from raykd.fsutil import atomic_dir
@@ -284,6 +285,9 @@ def summarise(cfg: RaykdConfig, grid: Any, sdir: Path, study: dict[str, str], ep
     if ok:
         best = (max if search.mode == "max" else min)(ok, key=lambda r: r[search.metric])
     (sdir / "trials.json").write_text(json.dumps(rows, indent=1, default=str))
+    for r in rows:  # a trial that Tune stopped never reached pipeline.finish: its DET, from best.pt
+        if r.get("checkpoint"):
+            write_det(Path(r["checkpoint"]), sdir / "trials" / r["trial_id"], None)
     best_dir = write_best(cfg, best, sdir) if best else None
     if study.get("uri"):
         _finish_mlflow(cfg, rows, study, best, interrupted)
@@ -333,6 +337,10 @@ def write_best(cfg: RaykdConfig, best: dict[str, Any], sdir: Path) -> Path:
     return final
 
 
+def trial_dir(study: dict[str, str], row: dict[str, Any]) -> Path:
+    return Path(study["dir"]) / "trials" / row["trial_id"]
+
+
 def _finish_mlflow(cfg: RaykdConfig, rows: list[dict[str, Any]], study: dict[str, str], best: dict | None,
                    interrupted: bool) -> None:
     """Status tags on every child run, no run left RUNNING, and the study's plots on the parent."""
@@ -348,6 +356,8 @@ def _finish_mlflow(cfg: RaykdConfig, rows: list[dict[str, Any]], study: dict[str
         run = found[0]
         log = T.MlflowLogger(study["uri"], run.info.run_id)
         log.set_tags({T.STATUS_TAG: r["status"], T.CHECKPOINT_TAG: str(r.get("checkpoint"))})
+        det = [p for p in (trial_dir(study, r) / DET_FILE, trial_dir(study, r) / DET_PLOT) if p.is_file()]
+        T.log_artifacts(study["uri"], run.info.run_id, det, "det")
         if run.info.status == "RUNNING" or r["status"] != "interrupted":
             log.close("KILLED" if r["status"] in ("pruned", "error", "interrupted") else "FINISHED")
     parent = T.MlflowLogger(study["uri"], study["parent_run_id"])
@@ -356,7 +366,8 @@ def _finish_mlflow(cfg: RaykdConfig, rows: list[dict[str, Any]], study: dict[str
         parent.set_tags({"raykd.best_trial": best["trial_id"]})
     out = Path(study["dir"]) / "plots"
     out.mkdir(exist_ok=True)
-    T.log_artifacts(study["uri"], study["parent_run_id"], study_plots(cfg, rows, out), "plots")
+    best_det = [trial_dir(study, best) / DET_PLOT] if best and (trial_dir(study, best) / DET_PLOT).is_file() else []
+    T.log_artifacts(study["uri"], study["parent_run_id"], study_plots(cfg, rows, out) + best_det, "plots")
     # An interrupted study is closed as KILLED (never left RUNNING); --resume reopens it.
     parent.set_tags({T.STATUS_TAG: "interrupted" if interrupted else "completed"})
     parent.close("KILLED" if interrupted else "FINISHED")

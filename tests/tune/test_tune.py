@@ -66,12 +66,15 @@ def test_smoke_study_end_to_end(tiny_project, local_ray, tmp_path):
     assert len(parents) == 1 and len(children) == 4
     assert parents[0].info.status == "FINISHED"
     arts = {a.path for a in c.list_artifacts(parents[0].info.run_id, "plots")}
-    assert {"plots/layer_effect.png", "plots/memory_vs_layers.png", "plots/trials.png"} <= arts
+    assert {"plots/layer_effect.png", "plots/memory_vs_layers.png", "plots/trials.png", "plots/det.png"} <= arts
     for ch in children:
         assert ch.info.status != "RUNNING"
         assert ch.data.tags["raykd.status"] in ("completed", "pruned")
         assert "rss_peak_mb" in ch.data.metrics and "train_ce" in ch.data.metrics
         assert "wav2vec2.layers" in ch.data.params and "train.lr" in ch.data.params
+        # every trial's final model: its DET curve and operating point on its own run
+        assert {a.path for a in c.list_artifacts(ch.info.run_id, "det")} == {"det/det.json", "det/det.png"}
+        assert M.VAL_FRR_AT_TARGET in ch.data.metrics and M.VAL_THRESHOLD_AT_TARGET in ch.data.metrics
         assert ch.data.tags[c.get_run(ch.info.run_id).data.tags and "mlflow.parentRunId"] == parents[0].info.run_id
 
     best = sdir / "best"
