@@ -1,10 +1,81 @@
-"""Checkpoint file names and format version: light to import (the CLI and export need no torch model code).
+"""Checkpoint file names, format version, and reading one back safely.
+
+Light to import (the CLI and export need no torch model code; torch itself is imported only
+when a checkpoint is read).
 
 A checkpoint directory (written by rank 0 of `raykd.train`) holds:
   checkpoint.pt  the latest full training state (model, optimizer, epoch, history, config)
   best.pt        the best-so-far student + projectors, its metrics, the config and layer map
+
+A run dir holds `checkpoint/` (in-process runs write it every epoch; Ray Train runs get it
+copied at the end) and, for Ray Train runs, `ray/checkpoint_*` (what Ray persisted).
 """
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from raykd.errors import UserError
 
 CHECKPOINT_FILE = "checkpoint.pt"
 BEST_FILE = "best.pt"
 CHECKPOINT_FORMAT = 1
+
+# Keys that may change between a run and its continuation: more epochs extend a run, and
+# where it is tracked does not change what is trained.
+RESUMABLE_CHANGES = ("train.epochs", "tracking")
+
+
+def read_checkpoint(path: Path, trusted: bool = False) -> dict[str, Any]:
+    """The dict saved in a raykd .pt file, or one UserError naming the file.
+
+    `trusted` (a file this run dir's own training wrote: it holds the optimizer state) loads
+    full pickles; otherwise only tensors and plain data. Never advises `weights_only=False`.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a raykd checkpoint (not a torch.save archive: truncated or another file)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except Exception as e:  # noqa: BLE001 - pickle / zip / torch errors alike
+        # torch's own message advises weights_only=False: unsafe on a file from anyone.
+        reason = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()
+        raise UserError(f"{path}: not readable as a raykd checkpoint ({reason[0] if reason else type(e).__name__})"
+                        ) from None
+    if not isinstance(state, dict) or not {"config", "model"} <= state.keys():
+        raise UserError(f"{path}: not a raykd checkpoint (no 'config' and 'model' entries)")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: checkpoint format {state.get('format')!r}, this raykd reads {CHECKPOINT_FORMAT}")
+    return state
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint.pt of a run dir: its `checkpoint/` or one Ray persisted, if any."""
+    run_dir = Path(run_dir)
+    found = [run_dir / "checkpoint" / CHECKPOINT_FILE, *run_dir.glob(f"ray/checkpoint_*/{CHECKPOINT_FILE}")]
+    found = [p for p in found if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between a checkpoint's config and this run's (both as
+    `model_dump(mode="json")`), ignoring `RESUMABLE_CHANGES`."""
+    a, b = _flat(saved), _flat(current)
+    keep = [k for k in sorted(a.keys() | b.keys())
+            if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]
+    return [k for k in keep if a.get(k) != b.get(k)]

@@ -24,6 +24,7 @@ from raykd.checkpoint import BEST_FILE
 from raykd.config import LayerSubsetParam, RaykdConfig, SearchConfig, absolute_paths, with_updates
 from raykd.errors import UserError
 from raykd.fsutil import atomic_dir
+from raykd.locks import study_guard
 from raykd.loggers import CHECKPOINT_PATH, TuneLogger
 from raykd.pipeline import Inputs, ensure_ray, prepare, run_distillation
 
@@ -142,6 +143,7 @@ def study_dir(cfg: RaykdConfig) -> Path:
     return (Path(cfg.storage_path) / cfg.name).resolve()
 
 
+@study_guard(study_dir)  # GPUs exist, folder writable, one study per name at a time (raykd.locks)
 def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address: str | None = None,
               progress: Callable[[str], None] | None = None) -> StudyOutcome:
     """Tune the search space; leaves <storage>/<name>/{best/, trials.json} and the MLflow study."""
