@@ -253,6 +253,7 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None) -> RaykdCon
         for err in e.errors():
             key = _loc_to_key(err["loc"])
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            msg = msg.removeprefix("Value error, ")  # a validator's own message says what is wrong
             line = f"{key}: {msg}"
             if line not in errs:
                 errs.append(line)
