@@ -60,7 +60,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     run_dir = Path(run_dir)
     found = [run_dir / "checkpoint" / CHECKPOINT_FILE, *run_dir.glob(f"ray/checkpoint_*/{CHECKPOINT_FILE}")]
     found = [p for p in found if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    # A finished Ray run's checkpoint/ is a copy (same mtime) of Ray's last one: prefer Ray's.
+    return max(found, key=lambda p: (p.stat().st_mtime, p.parent.parent.name == "ray")) if found else None
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

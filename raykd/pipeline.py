@@ -219,7 +219,7 @@ def claim_run_dir(cfg: RaykdConfig, run_dir: Path, overwrite: bool = False) -> t
         raise UserError(f"{run_dir}: holds a checkpoint of another config (differs in {', '.join(diff[:4])}{more}; "
                         f"{latest}); continue it with the same config, start again with --overwrite, "
                         "or pick another --run-dir")
-    if cfg.scaling.num_workers > 0 and "ray" not in latest.relative_to(run_dir).parts:
+    if cfg.scaling.num_workers > 0 and latest.parent.parent != run_dir / "ray":
         raise UserError(f"{run_dir}: Ray Train keeps its state in {run_dir / 'ray'}, which is missing; "
                         "start again with --overwrite, or pick another --run-dir")
     return latest.parent, int(saved["epoch"]) + 1

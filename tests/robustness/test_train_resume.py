@@ -158,3 +158,23 @@ def test_random_bytes_as_a_checkpoint_are_one_line(tiny_project, finished_run, t
     line = assert_one_user_error(res, str(bad), "not a raykd checkpoint")
     assert "weights_only" not in line
     assert snapshot(run) == before
+
+
+@pytest.mark.timeout(600)
+def test_a_ray_train_run_continues_from_ray_s_own_checkpoint(tiny_project, local_ray, tmp_path):
+    """scaling.num_workers 1 (a TorchTrainer): run again with more epochs, the worker starts
+    after the last complete epoch (Ray Train restores its state under run_dir/ray)."""
+    from raykd.config import config_from_dict
+    from raykd.pipeline import fit
+
+    root, inputs = tiny_project
+    over = {"scaling.num_workers": 1, "tracking.enabled": False}
+    run = tmp_path / "run"
+    first = fit(config_from_dict(tiny_config(root, **over, **{"train.epochs": 1})), run, inputs)
+    assert [r[M.EPOCH] for r in first.history] == [1]
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    out = fit(config_from_dict(tiny_config(root, **over, **{"train.epochs": 2})), run, inputs, trace_dir=trace)
+    assert [r[M.EPOCH] for r in out.history] == [1, 2] and out.history[0] == first.history[0]
+    starts = [int(line.split()[1]) for line in (trace / "rank0.starts").read_text().splitlines()]
+    assert starts == [1], starts  # 0-based: the worker began at epoch 2, epoch 1 was not trained again
