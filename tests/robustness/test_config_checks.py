@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.robustness.conftest import assert_one_user_error, files_under, folder_config, run_cli, write_yaml
+from tests.robustness.conftest import files_under, folder_config, run_cli, write_yaml
 
 SEARCH = {"params": {"distillation.feature_alignment_weight": {"type": "uniform", "low": 0.05, "high": 0.2}},
           "num_samples": 2, "max_concurrent": 1, "trial_epochs": 1, "asha": {"enabled": False}}
