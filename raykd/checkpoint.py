@@ -55,11 +55,35 @@ def read_checkpoint(path: Path, trusted: bool = False) -> dict[str, Any]:
     return state
 
 
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of the checkpoints it registered
+
+
+def ray_checkpoint(run_dir: Path) -> Path | None:
+    """checkpoint.pt of the latest checkpoint Ray Train has *registered* for run_dir/ray: what a
+    TorchTrainer of the same name and storage resumes from. Newer checkpoint dirs may exist
+    (reported, not yet registered when the run was aborted); Ray would not use them."""
+    import json
+
+    snapshot = Path(run_dir) / "ray" / RAY_SNAPSHOT
+    try:
+        name = json.loads(snapshot.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"]
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or another Ray's format
+        return None
+    path = Path(run_dir) / "ray" / str(name) / CHECKPOINT_FILE
+    return path if path.is_file() else None
+
+
+def newest_on_disk(run_dir: Path) -> Path | None:
+    """The newest checkpoint.pt anywhere in a run dir, registered by Ray or not."""
+    found = [p for p in [Path(run_dir) / "checkpoint" / CHECKPOINT_FILE,
+                         *Path(run_dir).glob(f"ray/checkpoint_*/{CHECKPOINT_FILE}")] if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint.pt of a run dir: its `checkpoint/` or one Ray persisted, if any."""
+    """The checkpoint a run continues from: Ray's registered one, else run_dir/checkpoint's."""
     run_dir = Path(run_dir)
-    found = [run_dir / "checkpoint" / CHECKPOINT_FILE, *run_dir.glob(f"ray/checkpoint_*/{CHECKPOINT_FILE}")]
-    found = [p for p in found if p.is_file()]
+    found = [p for p in (ray_checkpoint(run_dir), run_dir / "checkpoint" / CHECKPOINT_FILE) if p and p.is_file()]
     # A finished Ray run's checkpoint/ is a copy (same mtime) of Ray's last one: prefer Ray's.
     return max(found, key=lambda p: (p.stat().st_mtime, p.parent.parent.name == "ray")) if found else None
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from raykd.checkpoint import latest_checkpoint, read_checkpoint, config_differences
+from raykd.checkpoint import config_differences, latest_checkpoint, newest_on_disk, read_checkpoint
 from raykd.config import RaykdConfig, absolute_paths
 from raykd.data.augment import load_noise_bank
 from raykd.data.dataset import WaveformSet, dataset_fingerprint, ensure_dataset, load_split
@@ -205,12 +205,12 @@ def claim_run_dir(cfg: RaykdConfig, run_dir: Path, overwrite: bool = False) -> t
     Returns (the checkpoint dir the loop resumes from, its last complete epoch); Ray Train
     runs restore from their own state under run_dir/ray, the same checkpoints."""
     latest = latest_checkpoint(run_dir)
-    if latest is None:
-        return None
-    if overwrite:
+    if overwrite and (latest or newest_on_disk(run_dir)):
         for name in ("checkpoint", "ray"):
             shutil.rmtree(run_dir / name, ignore_errors=True)
         (run_dir / "history.json").unlink(missing_ok=True)
+        return None
+    if latest is None:  # nothing, or only checkpoints Ray never registered (the first epoch, interrupted)
         return None
     saved = read_checkpoint(latest)
     diff = config_differences(saved["config"], cfg.model_dump(mode="json"))
@@ -220,15 +220,19 @@ def claim_run_dir(cfg: RaykdConfig, run_dir: Path, overwrite: bool = False) -> t
                         f"{latest}); continue it with the same config, start again with --overwrite, "
                         "or pick another --run-dir")
     if cfg.scaling.num_workers > 0 and latest.parent.parent != run_dir / "ray":
-        raise UserError(f"{run_dir}: Ray Train keeps its state in {run_dir / 'ray'}, which is missing; "
-                        "start again with --overwrite, or pick another --run-dir")
+        raise UserError(f"{run_dir}: Ray Train resumes only from its own state in {run_dir / 'ray'}, which "
+                        "holds no checkpoint; start again with --overwrite, or pick another --run-dir")
     return latest.parent, int(saved["epoch"]) + 1
 
 
 def _interrupted(cfg: RaykdConfig, run_dir: Path) -> TrainInterrupted:
-    """history.json from the last complete epoch's checkpoint (what a rerun continues from)."""
+    """history.json from the checkpoint a rerun continues from (for Ray Train: the last one Ray
+    registered, which may be older than the newest on disk), copied to run_dir/checkpoint."""
     latest = latest_checkpoint(run_dir)
     history = read_checkpoint(latest)["history"] if latest else []
+    if latest is not None and latest.parent.parent == run_dir / "ray":
+        with atomic_dir(run_dir / "checkpoint") as tmp:
+            shutil.copytree(latest.parent, tmp, dirs_exist_ok=True)
     (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     return TrainInterrupted(run_dir, int(history[-1]["epoch"]) if history else 0, cfg.train.epochs)
 
@@ -261,10 +265,15 @@ def fit(cfg: RaykdConfig, run_dir: Path, inputs: Inputs | None = None,
         track = {"uri": uri, "run_id": run_id}
     loggers = [CallbackLogger(on_epoch)] if on_epoch is not None else []
     resume = (lambda: _LocalCheckpoint(resume_from[0])) if resume_from else None
+    # Ray Train's own SIGINT handler (a TorchTrainer in the main thread) aborts the run, then
+    # either returns an empty result or calls sys.exit: both are the user's Ctrl-C.
+    ray_ctrl_c = (SystemExit,) if cfg.scaling.num_workers > 0 else ()
     try:
         out = run_distillation(cfg, inputs, run_dir, loggers=loggers, tracking=track, trace_dir=trace_dir,
                                get_checkpoint=resume)
-    except KeyboardInterrupt:
+        if not out.history:  # the loop never returned (every finished run has an epoch)
+            raise KeyboardInterrupt
+    except (KeyboardInterrupt, *ray_ctrl_c):
         if track:
             T.MlflowLogger(**track).close("KILLED")
         raise _interrupted(cfg, run_dir) from None

@@ -41,6 +41,19 @@ def saved_epochs(run_dir: Path) -> list[int]:
     return [r[M.EPOCH] for r in state["history"]]
 
 
+def registered_epoch(run_dir: Path) -> int:
+    """The epoch of the latest checkpoint Ray Train registered for run_dir/ray (0: none)."""
+    from raykd.checkpoint import ray_checkpoint
+
+    path = ray_checkpoint(run_dir)
+    if path is None:
+        return 0
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]) + 1
+    except Exception:  # noqa: BLE001 - being written
+        return 0
+
+
 def config_file(root: Path, path: Path, **over: Any) -> Path:
     return write_yaml(path, tiny_config(root, **{"train.epochs": 1, "tracking.enabled": False, **over}))
 
@@ -178,3 +191,44 @@ def test_a_ray_train_run_continues_from_ray_s_own_checkpoint(tiny_project, local
     assert [r[M.EPOCH] for r in out.history] == [1, 2] and out.history[0] == first.history[0]
     starts = [int(line.split()[1]) for line in (trace / "rank0.starts").read_text().splitlines()]
     assert starts == [1], starts  # 0-based: the worker began at epoch 2, epoch 1 was not trained again
+
+
+@pytest.mark.timeout(600)
+def test_ctrl_c_of_a_ray_train_run_is_the_same_line_and_it_continues(tiny_project, local_ray, tmp_path):
+    """SIGINT to `raykd train` with scaling.num_workers 1: Ray Train's own handler aborts the
+    TorchTrainer; the CLI still names the last complete epoch (exit 130), history.json and
+    run_dir/checkpoint hold it, and the same config continues from there."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from raykd.config import config_from_dict
+    from raykd.pipeline import fit
+
+    root, inputs = tiny_project
+    over = {"scaling.num_workers": 1, "train.epochs": 20, "tracking.enabled": False}
+    cfg = write_yaml(tmp_path / "cfg.yaml", tiny_config(root, **over))
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-m", "raykd.cli", "train", str(cfg), "--run-dir", str(run)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not registered_epoch(run) >= 2:  # Ray Train has registered epoch 2's checkpoint
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "no second epoch in time"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    # The last complete epoch is the last one Ray registered (newer ones may be on disk
+    # unregistered: Ray would not resume from them), and that is what the rerun continues from.
+    done = [r[M.EPOCH] for r in history(run)]
+    assert len(done) >= 2 and done == list(range(1, len(done) + 1)) and len(done) < 20
+    assert registered_epoch(run) == len(done)
+    assert f"interrupted after epoch {len(done)} of 20" in err and f"--run-dir {run}`" in err, err
+    assert "Traceback" not in err and saved_epochs(run) == done
+    before = history(run)
+
+    out = fit(config_from_dict(tiny_config(root, **over)), run, inputs)
+    assert [r[M.EPOCH] for r in out.history] == list(range(1, 21)) and out.history[:len(done)] == before
