@@ -271,7 +271,7 @@ def fit(cfg: RaykdConfig, run_dir: Path, inputs: Inputs | None = None,
     try:
         out = run_distillation(cfg, inputs, run_dir, loggers=loggers, tracking=track, trace_dir=trace_dir,
                                get_checkpoint=resume)
-        if not out.history:  # the loop never returned (every finished run has an epoch)
+        if ray_ctrl_c and not out.history:  # aborted: the loop never returned (a finished run has an epoch)
             raise KeyboardInterrupt
     except (KeyboardInterrupt, *ray_ctrl_c):
         if track:
