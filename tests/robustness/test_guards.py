@@ -40,12 +40,16 @@ def _config(tmp: Path, command: str, **over: Any) -> Path:
 # ----------------------------------------------------------------------------- GPU
 
 
+NO_GPU = "scaling.use_gpu: true, but this machine has no CUDA GPU"
+NO_CUDA = "train.device: cuda, but CUDA is not available"
+
+
 @pytest.mark.parametrize("command, over, expected", [
-    ("train", {"scaling.use_gpu": True, "scaling.num_workers": 1}, "scaling.use_gpu: true, but this machine has no CUDA GPU"),
-    ("train", {"scaling.use_gpu": True}, "scaling.use_gpu: true, but this machine has no CUDA GPU"),
-    ("tune", {"scaling.use_gpu": True, "scaling.num_workers": 1}, "scaling.use_gpu: true, but this machine has no CUDA GPU"),
-    ("train", {"train.device": "cuda"}, "train.device: cuda, but CUDA is not available"),
-    ("tune", {"train.device": "cuda"}, "train.device: cuda, but CUDA is not available"),
+    ("train", {"scaling.use_gpu": True, "scaling.num_workers": 1}, NO_GPU),
+    ("train", {"scaling.use_gpu": True}, NO_GPU),
+    ("tune", {"scaling.use_gpu": True, "scaling.num_workers": 1}, NO_GPU),
+    ("train", {"train.device": "cuda"}, NO_CUDA),
+    ("tune", {"train.device": "cuda"}, NO_CUDA),
 ], ids=["use-gpu-ray", "use-gpu-in-process", "use-gpu-tune", "device-cuda", "device-cuda-tune"])
 def test_gpu_asked_for_without_cuda_is_refused_at_once(tmp_path, nothing_written, monkeypatch, command, over,
                                                         expected):
