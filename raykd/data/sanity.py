@@ -37,8 +37,8 @@ def _missing_classes(labels: list[int]) -> list[int]:
 
 def check_splits(cfg, loaded: dict[str, WaveformSet]) -> list[str]:
     """Raise DatasetError when a loaded split (train, val) lacks positives or negatives, or a
-    speaker of synthetic data is in two splits; return warnings for the rest (a test split
-    lacking a class, speakers of user data shared across splits)."""
+    speaker or voice family of synthetic data is in two splits; return warnings for the rest
+    (a test split lacking a class, speakers / voice families of user data shared across splits)."""
     warnings: list[str] = []
     for split, data in loaded.items():
         for c in _missing_classes(data.labels.tolist()):
@@ -51,16 +51,26 @@ def check_splits(cfg, loaded: dict[str, WaveformSet]) -> list[str]:
     test = by_split["test"]
     for c in _missing_classes([x.label for x in test]) if test else []:
         warnings.append(f"data: split 'test' has no {NEEDS[c][0]} clips; its {NEEDS[c][1]} will mean nothing")
-    speakers = {s: {c.speaker for c in by_split[s]} for s in SPLITS}
-    for i, a in enumerate(SPLITS):
-        for b in SPLITS[i + 1:]:
-            shared = sorted(speakers[a] & speakers[b])
-            if not shared:
-                continue
+    for what, attr in (("speaker", "speaker"), ("voice family", "voice_family")):
+        for a, b, shared in shared_across_splits(clips, attr):
             names = ", ".join(shared[:5]) + (f" and {len(shared) - 5} more" if len(shared) > 5 else "")
-            msg = f"data: {len(shared)} speaker(s) in both '{a}' and '{b}' ({names})"
+            msg = f"data: {len(shared)} {what}(s) in both '{a}' and '{b}' ({names})"
             if cfg.data.source == "synth":
                 raise DatasetError(f"{msg}: the synthetic dataset at {cfg.data.root} is inconsistent; "
                                    "delete it to have it made again")
             warnings.append(f"{msg}: {b} then measures voices the student trained on")
     return warnings
+
+
+def shared_across_splits(clips: list, attr: str) -> list[tuple[str, str, list[str]]]:
+    """[(split a, split b, sorted values of `attr` in both)] for every pair of splits sharing one.
+    Clips without the attribute, or with voice family "user" (not given), share nothing."""
+    ignore = {None, "user"} if attr == "voice_family" else {None}
+    values = {s: {getattr(c, attr, None) for c in clips if c.split == s} - ignore for s in SPLITS}
+    out = []
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1:]:
+            shared = sorted(values[a] & values[b])
+            if shared:
+                out.append((a, b, shared))
+    return out

@@ -216,6 +216,20 @@ def test_speakers_shared_across_splits_of_synthetic_data_are_an_error(tmp_path):
         check_splits(cfg, {})
 
 
+def test_voice_families_shared_across_splits_are_found():
+    """Validation holds out whole voice families (issue 9): clips that carry a voice_family
+    (the synthetic manifest's column) are checked like speakers; "user" means not given."""
+    from types import SimpleNamespace as Row
+
+    from raykd.data.sanity import shared_across_splits
+
+    clips = [Row(split="train", speaker="en+m1", voice_family="en"), Row(split="val", speaker="en-us+f2",
+             voice_family="en"), Row(split="test", speaker="de+m1", voice_family="de"),
+             Row(split="val", speaker="x", voice_family="user"), Row(split="test", speaker="y", voice_family="user")]
+    assert shared_across_splits(clips, "voice_family") == [("train", "val", ["en"])]
+    assert shared_across_splits(clips, "speaker") == []
+
+
 @pytest.mark.parametrize("command", ["train", "teacher"])
 def test_latin1_manifest_is_one_line(tmp_path, nothing_written, command):
     m = _manifest(tmp_path, [("café1.wav" if r[0] == "a1.wav" else r[0], *r[1:]) for r in GOOD], encoding="latin-1")
