@@ -230,7 +230,7 @@ PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a run/study folde
 
 class RaykdConfig(Strict):
     name: str = "wakeword"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy and Optuna refuse negative seeds (after hours of work)
     cache_dir: Path = Path(".raykd")  # fine-tuned teachers, teacher-output caches
     storage_path: Path = Path("runs")  # train runs and studies
     data: DataConfig = DataConfig()
