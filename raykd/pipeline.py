@@ -95,59 +95,6 @@ def ensure_ray(address: str | None = None) -> None:
                  configure_logging=False)
 
 
-def run_distillation(cfg: RaykdConfig, inputs: Inputs, run_dir: Path, callbacks: list | None = None,
-                     loggers: list[MetricLogger] = (), tracking: dict[str, str] | None = None,
-                     trace_dir: Path | None = None, get_checkpoint: Callable[[], Any] | None = None) -> TrainOutcome:
-    """Run the loop: in this process (num_workers 0, with the caller's `loggers`) or as a Ray
-    Train V2 TorchTrainer with N DDP workers (Ray `callbacks`, e.g. Tune's report); leaves
-    run_dir/checkpoint (latest state + best model)."""
-    job = LoopJob(cfg, inputs.train, inputs.val, inputs.teacher_dirs, inputs.teacher_cache,
-                  str(run_dir.resolve()), tracking, str(trace_dir) if trace_dir else None)
-    if cfg.scaling.num_workers == 0:
-        return finish(run_loop(job, InProcessSession(get_checkpoint), list(loggers)), None, run_dir)
-
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    # Workers on other nodes read the clips from the object store, not from this disk.
-    if not isinstance(job.train, ray.ObjectRef):
-        job.train, job.val = ray.put(job.train), ray.put(job.val)
-    s = cfg.scaling
-    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"job": job},
-        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(
-            name="ray", storage_path=str(run_dir.resolve()),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks,
-        ),
-    )
-    result = trainer.fit()
-    value = result.return_value or {}
-    if result.checkpoint is None:
-        return finish(value, None, run_dir)
-    with result.checkpoint.as_directory() as d:
-        return finish(value, Path(d), run_dir)
-
-
-def finish(value: dict[str, Any], src: Path | None, run_dir: Path) -> TrainOutcome:
-    """Copy Ray's final checkpoint to run_dir/checkpoint (atomically) and write history.json."""
-    ckpt_dir = run_dir / "checkpoint"
-    if src is not None:
-        with atomic_dir(ckpt_dir) as tmp:
-            shutil.copytree(src, tmp, dirs_exist_ok=True)
-    ckpt_dir = ckpt_dir if ckpt_dir.is_dir() else None
-    history = value.get("history", [])
-    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
-    return TrainOutcome(value.get("status", "completed"), history, value.get("best", {}), ckpt_dir,
-                        value.get("mapping", {}))
-
-
 class TrainInterrupted(Exception):
     """Ctrl-C during a run: history.json holds the finished epochs; the same command continues."""
 
@@ -235,6 +182,59 @@ def _interrupted(cfg: RaykdConfig, run_dir: Path) -> TrainInterrupted:
             shutil.copytree(latest.parent, tmp, dirs_exist_ok=True)
     (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     return TrainInterrupted(run_dir, int(history[-1]["epoch"]) if history else 0, cfg.train.epochs)
+
+
+def run_distillation(cfg: RaykdConfig, inputs: Inputs, run_dir: Path, callbacks: list | None = None,
+                     loggers: list[MetricLogger] = (), tracking: dict[str, str] | None = None,
+                     trace_dir: Path | None = None, get_checkpoint: Callable[[], Any] | None = None) -> TrainOutcome:
+    """Run the loop: in this process (num_workers 0, with the caller's `loggers`) or as a Ray
+    Train V2 TorchTrainer with N DDP workers (Ray `callbacks`, e.g. Tune's report); leaves
+    run_dir/checkpoint (latest state + best model)."""
+    job = LoopJob(cfg, inputs.train, inputs.val, inputs.teacher_dirs, inputs.teacher_cache,
+                  str(run_dir.resolve()), tracking, str(trace_dir) if trace_dir else None)
+    if cfg.scaling.num_workers == 0:
+        return finish(run_loop(job, InProcessSession(get_checkpoint), list(loggers)), None, run_dir)
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    # Workers on other nodes read the clips from the object store, not from this disk.
+    if not isinstance(job.train, ray.ObjectRef):
+        job.train, job.val = ray.put(job.train), ray.put(job.val)
+    s = cfg.scaling
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job},
+        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name="ray", storage_path=str(run_dir.resolve()),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+        ),
+    )
+    result = trainer.fit()
+    value = result.return_value or {}
+    if result.checkpoint is None:
+        return finish(value, None, run_dir)
+    with result.checkpoint.as_directory() as d:
+        return finish(value, Path(d), run_dir)
+
+
+def finish(value: dict[str, Any], src: Path | None, run_dir: Path) -> TrainOutcome:
+    """Copy Ray's final checkpoint to run_dir/checkpoint (atomically) and write history.json."""
+    ckpt_dir = run_dir / "checkpoint"
+    if src is not None:
+        with atomic_dir(ckpt_dir) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+    ckpt_dir = ckpt_dir if ckpt_dir.is_dir() else None
+    history = value.get("history", [])
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+    return TrainOutcome(value.get("status", "completed"), history, value.get("best", {}), ckpt_dir,
+                        value.get("mapping", {}))
 
 
 def fit(cfg: RaykdConfig, run_dir: Path, inputs: Inputs | None = None,
