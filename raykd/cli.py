@@ -326,30 +326,12 @@ def eval_(model: Path, data: Path, threshold: Optional[float] = typer.Option(Non
     """Accuracy, false-reject rate and false accepts per hour of an exported model on a folder or CSV."""
     from raykd.export import evaluate_onnx
 
-    _check_eval_inputs(model, data)
     m = evaluate_onnx(model, data, threshold)
     table = Table(title=f"{model} on {data}")
     for k in m:
         table.add_column(k, justify="right")
     table.add_row(*[_fmt(v) for v in m.values()])
     console.print(table)
-
-
-def _check_eval_inputs(model: Path, data: Path) -> None:
-    """The export's sidecar must parse and the data be a folder or a CSV: one line, not a traceback."""
-    import json
-
-    from raykd.export import ONNX_FILE
-
-    side = (model / ONNX_FILE if model.is_dir() else model).with_suffix(".json")
-    if side.is_file():
-        try:
-            json.loads(side.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise UserError(f"{side}: damaged sidecar, not JSON ({e}); export the checkpoint again") from None
-    if data.is_file() and data.suffix.lower() != ".csv":
-        raise UserError(f"{data}: expected a folder (positive/, negative/) or a CSV manifest, got a "
-                        f"{data.suffix or 'plain'} file")
 
 
 def main() -> None:  # pragma: no cover - console script entry

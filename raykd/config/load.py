@@ -121,6 +121,8 @@ PREPARED_ONCE = ("data", "features", "teachers", "cache_dir", "storage_path", "n
 def _check_search(cfg: RaykdConfig) -> list[str]:
     errs: list[str] = []
     base = cfg.model_dump()
+    if not 0 <= cfg.search.seed < 2**32:  # Optuna's samplers refuse it, after the data and teachers
+        errs.append(f"search.seed: {cfg.search.seed} outside 0..2**32-1")
     if cfg.search.metric not in SEARCHABLE:
         errs.append(f"search.metric: unknown metric '{cfg.search.metric}' (known: {', '.join(SEARCHABLE)})")
     for key, p in cfg.search.params.items():

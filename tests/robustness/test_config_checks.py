@@ -60,7 +60,7 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("initial-point-outside-range", _search(initial_points=[{"distillation.feature_alignment_weight": 0.9}]),
      "search.initial_points[0].distillation.feature_alignment_weight: 0.9 is outside"),
     ("negative-seed", {"seed": -1}, "seed: Input should be greater than or equal to 0"),
-    ("negative-search-seed", _search(seed=-1), "search.seed: Input should be greater than or equal to 0"),
+    ("negative-search-seed", _search(seed=-1), "search.seed: -1 outside 0..2**32-1"),
     ("student-above-max-params", {"student": {"width": 256}},
      "student.max_params: 323,586 parameters > student.max_params 50,000"),
 ]

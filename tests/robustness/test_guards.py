@@ -1,8 +1,8 @@
 """Faults found before any work: a GPU asked for where none exists, a second run of one study,
 an MLflow database or storage folder that cannot be written, data whose metrics would mean
-nothing, and damaged files (a Latin-1 manifest, a truncated trials.json or sidecar, a WAV
-where a dataset is expected). Each is one line naming the key or file, exit 2, nothing
-written before (a study's lock file aside), nothing that was there changed."""
+nothing, and damaged files (a Latin-1 manifest, a truncated trials.json). Each is one line
+naming the key or file, exit 2, nothing written before (a study's lock file aside), nothing
+that was there changed."""
 
 from __future__ import annotations
 
@@ -252,19 +252,3 @@ def test_truncated_trials_json_is_one_line(tmp_path):
     res, _ = run_cli("best", study)
     assert_one_user_error(res, str(study / "trials.json"), "damaged", "--resume")
     assert (study / "trials.json").read_bytes() == before
-
-
-@pytest.mark.parametrize("case", ["truncated-sidecar", "wav-as-data"])
-def test_eval_inputs_that_cannot_be_read_are_one_line(tmp_path, case):
-    export = tmp_path / "export"
-    export.mkdir()
-    (export / "student.onnx").write_bytes(b"onnx")
-    (export / "student.json").write_text('{"format": 1, "threshold": 0.' if case == "truncated-sidecar" else "{}")
-    wav = tmp_path / "clip.wav"
-    write_tone(wav)
-    data = wav if case == "wav-as-data" else tmp_path
-    res, _ = run_cli("eval", export, data)
-    if case == "truncated-sidecar":
-        assert_one_user_error(res, str(export / "student.json"), "damaged sidecar")
-    else:
-        assert_one_user_error(res, str(wav), "expected a folder (positive/, negative/) or a CSV manifest")
