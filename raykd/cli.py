@@ -240,6 +240,17 @@ def tune(config: Path, set_: Optional[list[str]] = SetOpt,
         raise typer.Exit(130)
 
 
+def _check_trials_json(trials: Path, study_dir: Path) -> None:
+    """A damaged (e.g. truncated) trial table is one line naming it and how to write it again."""
+    import json
+
+    try:
+        json.loads(trials.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{trials}: damaged, not a JSON trial table ({e}); `raykd tune "
+                        f"{study_dir / 'search_space.yaml'} --resume` writes it again") from None
+
+
 def _quote(x: object) -> str:
     import shlex
 
@@ -276,13 +287,10 @@ def best(study_dir: Path) -> None:
     trials = study_dir / "trials.json"
     if not trials.is_file():
         raise UserError(f"{trials}: no finished study here (run `raykd tune` first)")
+    _check_trials_json(trials, study_dir)
     cfg = load_config(study_dir / "search_space.yaml")
-    try:
-        rows = json.loads(trials.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{trials}: damaged, not a JSON trial table ({e}); `raykd tune "
-                        f"{study_dir / 'search_space.yaml'} --resume` writes it again") from None
-    _trials_table(cfg.search.metric, cfg.search.mode, rows, top=1000)
+    _trials_table(cfg.search.metric, cfg.search.mode, json.loads(trials.read_text()), top=1000)
+
 
 
 @app.command()

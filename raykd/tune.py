@@ -23,8 +23,8 @@ from raykd import tracking as T
 from raykd.checkpoint import BEST_FILE
 from raykd.config import LayerSubsetParam, RaykdConfig, SearchConfig, absolute_paths, with_updates
 from raykd.errors import UserError
+from raykd.locks import study_guard  # (kept apart from the lines below: they change in other branches)
 from raykd.fsutil import atomic_dir
-from raykd.locks import study_guard
 from raykd.loggers import CHECKPOINT_PATH, TuneLogger
 from raykd.pipeline import Inputs, ensure_ray, prepare, run_distillation
 

@@ -121,6 +121,8 @@ PREPARED_ONCE = ("data", "features", "teachers", "cache_dir", "storage_path", "n
 def _check_search(cfg: RaykdConfig) -> list[str]:
     errs: list[str] = []
     base = cfg.model_dump()
+    if cfg.search.trial_epochs is not None and cfg.search.trial_epochs < 1:
+        errs.append(f"search.trial_epochs: {cfg.search.trial_epochs} < 1 (epochs per trial)")
     if not 0 <= cfg.search.seed < 2**32:  # Optuna's samplers refuse it, after the data and teachers
         errs.append(f"search.seed: {cfg.search.seed} outside 0..2**32-1")
     if cfg.search.metric not in SEARCHABLE:

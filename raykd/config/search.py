@@ -162,7 +162,7 @@ class SearchConfig(Strict):
     seed: int = 0
     sampler: Literal["tpe", "random"] = "tpe"  # Optuna sampler (random: the baseline benchmarks compare to)
     asha: AshaConfig = AshaConfig()
-    trial_epochs: int | None = Field(None, ge=1)  # epochs per trial; None = train.epochs
+    trial_epochs: int | None = None  # epochs per trial; None = train.epochs
     # evaluated first, after the guide's recommendation: {optuna param: value}; layer params
     # are "<teacher>.L<layer>": true/false
     initial_points: list[dict[str, Any]] = []

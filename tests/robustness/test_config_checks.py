@@ -44,7 +44,7 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("name-with-slash", {"name": "a/b"}, "name: 'a/b' must be a plain name"),
     ("name-empty", {"name": ""}, "name: '' must be a plain name"),
     ("negative-trial-epochs", _search(trial_epochs=-3),
-     "search.trial_epochs: Input should be greater than or equal to 1"),
+     "search.trial_epochs: -3 < 1 (epochs per trial)"),
     ("int-range-below-field-minimum", _search(params={"student.blocks": {"type": "int", "low": 1, "high": 4}}),
      "search.params.student.blocks.low: 1 is not a valid student.blocks (Input should be greater than or equal to 2)"),
     ("lr-range-from-zero", _search(params={"train.lr": {"type": "uniform", "low": 0.0, "high": 0.1}}),
