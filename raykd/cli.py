@@ -244,6 +244,8 @@ def _check_trials_json(trials: Path, study_dir: Path) -> None:
     """A damaged (e.g. truncated) trial table is one line naming it and how to write it again."""
     import json
 
+    if not trials.is_file():
+        return  # `best` says there is no finished study
     try:
         json.loads(trials.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
@@ -285,12 +287,11 @@ def best(study_dir: Path) -> None:
     import json
 
     trials = study_dir / "trials.json"
+    _check_trials_json(trials, study_dir)
     if not trials.is_file():
         raise UserError(f"{trials}: no finished study here (run `raykd tune` first)")
-    _check_trials_json(trials, study_dir)
     cfg = load_config(study_dir / "search_space.yaml")
     _trials_table(cfg.search.metric, cfg.search.mode, json.loads(trials.read_text()), top=1000)
-
 
 
 @app.command()
