@@ -40,6 +40,12 @@ def _quiet() -> None:
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set train.lr=0.01 (repeatable).")
 
 
+_FIX_DISK = "free some space, or point storage_path / cache_dir at another disk"
+_FIX_PERM = "fix its permissions, or point storage_path / cache_dir / --run-dir elsewhere"
+USER_ERRNOS = {errno.ENOSPC: _FIX_DISK, errno.EDQUOT: _FIX_DISK, errno.EACCES: _FIX_PERM,
+               errno.EPERM: _FIX_PERM, errno.EROFS: _FIX_PERM}
+
+
 def user_errors(fn: Callable) -> Callable:
     """Errors a user can cause are one clear line (or one line per config problem), exit 2."""
 
@@ -59,12 +65,13 @@ def user_errors(fn: Callable) -> Callable:
             err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         except OSError as e:
-            # A full disk (checkpoints, teacher store, MLflow) is the user's to fix, not a bug.
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            # A full disk or a folder we may not write (checkpoints, teacher store, MLflow) is the
+            # user's to fix, not a bug.
+            if e.errno not in USER_ERRNOS:
                 raise
             where = f"{e.filename}: " if e.filename else ""
-            err.print(f"[red]error:[/red] {escape(where + (e.strerror or str(e)))} (free some space, or point "
-                      "storage_path / cache_dir at another disk)", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(where + (e.strerror or str(e)))} ({USER_ERRNOS[e.errno]})",
+                      highlight=False, soft_wrap=True)
             raise typer.Exit(2)
 
     return wrapper
@@ -153,8 +160,11 @@ def teacher(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
     from raykd.teacher_stage import ensure_teachers
     from raykd.sessions import resolve_device
 
+    from raykd.data.sanity import check_manifest_text
+
     cfg = _load(config, set_)
     check_pretrained(cfg)
+    check_manifest_text(cfg)
     ensure_dataset(cfg)
     train, val = load_split(cfg, "train"), load_split(cfg, "val")
     dirs = ensure_teachers(cfg, train, val, dataset_fingerprint(cfg), resolve_device(cfg), _progress)
@@ -165,13 +175,17 @@ def teacher(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
 @app.command()
 @user_errors
 def train(config: Path, set_: Optional[list[str]] = SetOpt,
-          run_dir: Optional[Path] = typer.Option(None, help="Default: <storage_path>/<name>-train.")) -> None:
-    """One distillation run (Ray Train; scaling.num_workers: 0 runs in-process)."""
+          run_dir: Optional[Path] = typer.Option(None, help="Default: <storage_path>/<name>-train."),
+          overwrite: bool = typer.Option(False, "--overwrite", help="Discard the run dir's checkpoint and start "
+                                         "again (default: continue it when the config is the same).")) -> None:
+    """One distillation run (Ray Train; scaling.num_workers: 0 runs in-process). A run dir that
+    holds a checkpoint of the same config is continued; of another config, refused."""
+    cfg = _load(config, set_)  # config errors at once, before the heavy imports below
     from raykd import metrics as M
     from raykd.models.student import build_student, count_params
-    from raykd.pipeline import fit
+    from raykd.pipeline import TrainInterrupted, fit
 
-    cfg = _load(config, set_)
+    given_run_dir = run_dir
     run_dir = run_dir or cfg.storage_path / f"{cfg.name}-train"
     n = count_params(build_student(cfg.student, cfg.features.n_mels))
     console.print(f"student: TinyConv, {n:,} parameters; aligned layers: {cfg.aligned_layers() or 'none'}")
@@ -181,7 +195,16 @@ def train(config: Path, set_: Optional[list[str]] = SetOpt,
         console.print(f"epoch {row['epoch']}: " + "  ".join(f"{k}={_fmt(row[k])}" for k in keys),
                       highlight=False)
 
-    out = fit(cfg, run_dir, on_epoch=on_epoch, progress=_progress)
+    try:
+        out = fit(cfg, run_dir, on_epoch=on_epoch, progress=_progress, overwrite=overwrite)
+    except (TrainInterrupted, KeyboardInterrupt) as e:
+        again = " ".join(["raykd train", _quote(config), *(f"--set {_quote(x)}" for x in set_ or []),
+                          *([f"--run-dir {_quote(given_run_dir)}"] if given_run_dir else [])])
+        done = (f"after epoch {e.epochs_done} of {e.epochs} (history in {e.run_dir / 'history.json'})"
+                if isinstance(e, TrainInterrupted) and e.epochs_done else "before the first epoch finished")
+        err.print(f"[yellow]interrupted[/yellow] {escape(done)}; continue with `{escape(again)}`",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
     console.print(_epoch_table(out.history, f"{cfg.name}: {out.status}"))
     if out.mapping:
         console.print(f"layer map (teacher layer -> student tap): {out.mapping}")
@@ -199,10 +222,10 @@ def tune(config: Path, set_: Optional[list[str]] = SetOpt,
          smoke: bool = typer.Option(False, "--smoke", help="A few short trials on a small dataset."),
          address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local Ray).")) -> None:
     """Search layer subsets and distillation weights: Ray Tune + Optuna, every trial in MLflow."""
+    cfg = _load(config, set_)  # config errors at once, before importing Ray Tune
     from raykd.config import with_updates
     from raykd.tune import SMOKE_UPDATES, run_study
 
-    cfg = _load(config, set_)
     if cfg.search is None:
         raise ConfigError([f"search: {config} has no search block; `raykd train` runs a single config"])
     if smoke:
@@ -223,6 +246,25 @@ def tune(config: Path, set_: Optional[list[str]] = SetOpt,
                          + (["--smoke"] if smoke else []) + ["--resume"])
         err.print(f"[yellow]interrupted:[/yellow] state saved; continue with `{again}`", highlight=False)
         raise typer.Exit(130)
+
+
+def _check_trials_json(trials: Path, study_dir: Path) -> None:
+    """A damaged (e.g. truncated) trial table is one line naming it and how to write it again."""
+    import json
+
+    if not trials.is_file():
+        return  # `best` says there is no finished study
+    try:
+        json.loads(trials.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{trials}: damaged, not a JSON trial table ({e}); `raykd tune "
+                        f"{study_dir / 'search_space.yaml'} --resume` writes it again") from None
+
+
+def _quote(x: object) -> str:
+    import shlex
+
+    return shlex.quote(str(x))
 
 
 def _uri(cfg: RaykdConfig) -> str:
@@ -253,6 +295,7 @@ def best(study_dir: Path) -> None:
     import json
 
     trials = study_dir / "trials.json"
+    _check_trials_json(trials, study_dir)
     if not trials.is_file():
         raise UserError(f"{trials}: no finished study here (run `raykd tune` first)")
     cfg = load_config(study_dir / "search_space.yaml")
@@ -261,7 +304,9 @@ def best(study_dir: Path) -> None:
 
 @app.command()
 @user_errors
-def retrain(study_dir: Path, set_: Optional[list[str]] = SetOpt) -> None:
+def retrain(study_dir: Path, set_: Optional[list[str]] = SetOpt,
+            overwrite: bool = typer.Option(False, "--overwrite", help="Discard an earlier retrain and start again.")
+            ) -> None:
     """Train the study's best config on the full epoch budget -> <study>/retrain."""
     from raykd.pipeline import fit
 
@@ -269,7 +314,7 @@ def retrain(study_dir: Path, set_: Optional[list[str]] = SetOpt) -> None:
     if not best_cfg.is_file():
         raise UserError(f"{best_cfg}: no best config (did the study finish?)")
     cfg = _load(best_cfg, set_)
-    out = fit(cfg, study_dir / "retrain", on_epoch=lambda row: console.print(
+    out = fit(cfg, study_dir / "retrain", overwrite=overwrite, on_epoch=lambda row: console.print(
         f"epoch {row['epoch']}: val_accuracy={_fmt(row.get('val_accuracy'))} "
         f"val_fa_per_hour={_fmt(row.get('val_fa_per_hour'))} "
         f"val_frr_at_target={_fmt(row.get('val_frr_at_target'))}", highlight=False), progress=_progress)
@@ -282,8 +327,10 @@ def retrain(study_dir: Path, set_: Optional[list[str]] = SetOpt) -> None:
 def export(checkpoint: Path, out: Optional[Path] = typer.Option(None, help="Default: <checkpoint>/export."),
            register: bool = typer.Option(True, help="Register the model in MLflow's registry.")) -> None:
     """Write the student alone as ONNX (+ JSON sidecar), check parity with onnxruntime."""
+    from raykd.checkpoint import read_checkpoint
     from raykd.export import export_onnx, resolve_checkpoint
 
+    read_checkpoint(resolve_checkpoint(checkpoint))  # a damaged file: one line naming it
     # Default: beside the checkpoint it came from (<run>/checkpoint/export).
     res = export_onnx(checkpoint, out or resolve_checkpoint(checkpoint).parent / "export", register=register)
     console.print(f"ONNX: {res.onnx_path} ({res.params:,} student parameters, no projectors)\n"

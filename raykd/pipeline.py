@@ -8,17 +8,22 @@ Used by `raykd train`, `raykd retrain` and every Tune trial. The config arrives 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from raykd.checkpoint import config_differences, latest_checkpoint, newest_on_disk, read_checkpoint
 from raykd.config import RaykdConfig, absolute_paths
 from raykd.data.augment import load_noise_bank
 from raykd.data.dataset import WaveformSet, dataset_fingerprint, ensure_dataset, load_split
+from raykd.data.sanity import check_manifest_text, check_splits
 from raykd.distill.targets import load_teachers
+from raykd.errors import UserError
 from raykd.fsutil import atomic_dir
 from raykd.loggers import CallbackLogger, MetricLogger
 from raykd.sessions import InProcessSession, release_placement_groups, resolve_device
@@ -51,8 +56,12 @@ def prepare(cfg: RaykdConfig, progress: Callable[[str], None] | None = None) -> 
     from raykd.teacher_stage import ensure_teachers
 
     check_pretrained(cfg)  # a bad hub id or layer fails before any data or fine-tuning
+    check_manifest_text(cfg)
     ensure_dataset(cfg)
     train, val = load_split(cfg, "train"), load_split(cfg, "val")
+    for warning in check_splits(cfg, {"train": train, "val": val}):  # before any teacher is fine-tuned
+        if progress:
+            progress(f"warning: {warning}")
     key = dataset_fingerprint(cfg)
     dirs: dict[str, str] = {}
     cache = None
@@ -84,6 +93,95 @@ def ensure_ray(address: str | None = None) -> None:
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
+
+
+class TrainInterrupted(Exception):
+    """Ctrl-C during a run: history.json holds the finished epochs; the same command continues."""
+
+    def __init__(self, run_dir: Path, epochs_done: int, epochs: int):
+        self.run_dir, self.epochs_done, self.epochs = run_dir, epochs_done, epochs
+        super().__init__(f"interrupted after epoch {epochs_done} of {epochs} ({run_dir})")
+
+
+def ray_is_local(address: str | None = None) -> bool:
+    """Ray would start on this machine (no --address, no RAY_ADDRESS of a cluster)."""
+    return address is None and not os.environ.get("RAY_ADDRESS")
+
+
+def check_devices(cfg: RaykdConfig, local: bool = True) -> None:
+    """A GPU asked for where there is none is an error at once: Ray would wait for it forever
+    (scaling.use_gpu) or the run would quietly train on CPU (train.device=cuda). On a cluster
+    (`local` false) GPU nodes may still be on their way up, so only train.device is checked."""
+    if torch.cuda.is_available():
+        return
+    if cfg.train.device == "cuda":
+        raise UserError("train.device: cuda, but CUDA is not available on this machine "
+                        "(torch.cuda.is_available() is false); set train.device=auto or cpu")
+    if cfg.scaling.use_gpu and (local or cfg.scaling.num_workers == 0):
+        raise UserError("scaling.use_gpu: true, but this machine has no CUDA GPU and the run would start "
+                        "here (its workers would wait for a GPU forever); set scaling.use_gpu=false, "
+                        "or run on a GPU cluster (--address or RAY_ADDRESS)")
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """Make `folder` and write a file in it now, not after hours of training."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"{key}: {e.filename or folder}: cannot write there ({e.strerror or e}); "
+                        f"fix its permissions or point {key} elsewhere") from None
+
+
+class _LocalCheckpoint:
+    """A run dir's own checkpoint, handed to the loop the way Tune hands back a trial's."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def as_directory(self):
+        from contextlib import nullcontext
+
+        return nullcontext(str(self.path))
+
+
+def claim_run_dir(cfg: RaykdConfig, run_dir: Path, overwrite: bool = False) -> tuple[Path, int] | None:
+    """A run dir holding a checkpoint is continued (same config, `checkpoint.RESUMABLE_CHANGES`
+    aside) or refused (another config), never silently trained over; `overwrite` empties it.
+    Returns (the checkpoint dir the loop resumes from, its last complete epoch); Ray Train
+    runs restore from their own state under run_dir/ray, the same checkpoints."""
+    latest = latest_checkpoint(run_dir)
+    if overwrite and (latest or newest_on_disk(run_dir)):
+        for name in ("checkpoint", "ray"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        (run_dir / "history.json").unlink(missing_ok=True)
+        return None
+    if latest is None:  # nothing, or only checkpoints Ray never registered (the first epoch, interrupted)
+        return None
+    saved = read_checkpoint(latest)
+    diff = config_differences(saved["config"], cfg.model_dump(mode="json"))
+    if diff:
+        more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+        raise UserError(f"{run_dir}: holds a checkpoint of another config (differs in {', '.join(diff[:4])}{more}; "
+                        f"{latest}); continue it with the same config, start again with --overwrite, "
+                        "or pick another --run-dir")
+    if cfg.scaling.num_workers > 0 and latest.parent.parent != run_dir / "ray":
+        raise UserError(f"{run_dir}: Ray Train resumes only from its own state in {run_dir / 'ray'}, which "
+                        "holds no checkpoint; start again with --overwrite, or pick another --run-dir")
+    return latest.parent, int(saved["epoch"]) + 1
+
+
+def _interrupted(cfg: RaykdConfig, run_dir: Path) -> TrainInterrupted:
+    """history.json from the checkpoint a rerun continues from (for Ray Train: the last one Ray
+    registered, which may be older than the newest on disk), copied to run_dir/checkpoint."""
+    latest = latest_checkpoint(run_dir)
+    history = read_checkpoint(latest)["history"] if latest else []
+    if latest is not None and latest.parent.parent == run_dir / "ray":
+        with atomic_dir(run_dir / "checkpoint") as tmp:
+            shutil.copytree(latest.parent, tmp, dirs_exist_ok=True)
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+    return TrainInterrupted(run_dir, int(history[-1]["epoch"]) if history else 0, cfg.train.epochs)
 
 
 def run_distillation(cfg: RaykdConfig, inputs: Inputs, run_dir: Path, callbacks: list | None = None,
@@ -172,12 +270,19 @@ def write_det(ckpt_dir: Path | None, run_dir: Path, tracking: dict[str, str] | N
 
 def fit(cfg: RaykdConfig, run_dir: Path, inputs: Inputs | None = None,
         on_epoch: Callable[[dict], None] | None = None, progress: Callable[[str], None] | None = None,
-        trace_dir: Path | None = None) -> TrainOutcome:
-    """One distillation run through Ray Train; returns the outcome and leaves run_dir/checkpoint."""
+        trace_dir: Path | None = None, overwrite: bool = False) -> TrainOutcome:
+    """One distillation run through Ray Train; returns the outcome and leaves run_dir/checkpoint.
+
+    A run_dir that already holds a checkpoint of this config is continued from it (see
+    `claim_run_dir`); Ctrl-C raises `TrainInterrupted` once history.json is written."""
     from raykd import tracking as T
 
     cfg = absolute_paths(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_devices(cfg, ray_is_local())
+    check_writable(run_dir, "storage_path" if cfg.storage_path in run_dir.resolve().parents else "--run-dir")
+    resume_from = claim_run_dir(cfg, run_dir, overwrite)
+    if resume_from and progress:
+        progress(f"continuing {run_dir} after epoch {resume_from[1]} (same config; --overwrite starts again)")
     uri = T.tracking_uri(cfg) if cfg.tracking.enabled else None
     if uri:
         T.check_reachable(uri)  # before any expensive work
@@ -190,8 +295,19 @@ def fit(cfg: RaykdConfig, run_dir: Path, inputs: Inputs | None = None,
         run_id = T.client(uri).create_run(exp, tags={T.KIND_TAG: "train", "mlflow.runName": run_dir.name}).info.run_id
         track = {"uri": uri, "run_id": run_id}
     loggers = [CallbackLogger(on_epoch)] if on_epoch is not None else []
+    resume = (lambda: _LocalCheckpoint(resume_from[0])) if resume_from else None
+    # Ray Train's own SIGINT handler (a TorchTrainer in the main thread) aborts the run, then
+    # either returns an empty result or calls sys.exit: both are the user's Ctrl-C.
+    ray_ctrl_c = (SystemExit,) if cfg.scaling.num_workers > 0 else ()
     try:
-        out = run_distillation(cfg, inputs, run_dir, loggers=loggers, tracking=track, trace_dir=trace_dir)
+        out = run_distillation(cfg, inputs, run_dir, loggers=loggers, tracking=track, trace_dir=trace_dir,
+                               get_checkpoint=resume)
+        if ray_ctrl_c and not out.history:  # aborted: the loop never returned (a finished run has an epoch)
+            raise KeyboardInterrupt
+    except (KeyboardInterrupt, *ray_ctrl_c):
+        if track:
+            T.MlflowLogger(**track).close("KILLED")
+        raise _interrupted(cfg, run_dir) from None
     except BaseException:
         if track:
             T.MlflowLogger(**track).close("FAILED")  # never a run left RUNNING forever

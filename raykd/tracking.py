@@ -44,12 +44,37 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
             raise UserError(f"tracking.uri {uri}: MLflow server unreachable ({getattr(e, 'reason', e)}); "
                             "start it, fix the URI, or set tracking.enabled=false") from None
     elif uri.startswith("sqlite:///"):
-        parent = Path(uri[len("sqlite:///"):]).parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise UserError(f"tracking.uri {uri}: folder {parent} does not exist or is not writable")
+        check_sqlite_writable(uri, Path(uri[len("sqlite:///"):]))
     elif uri.startswith("file:") or "://" not in uri:
         raise UserError(f"tracking.uri {uri}: the plain file store is refused by current MLflow; "
                         "use sqlite:///path/mlflow.db or an http(s) tracking server")
+
+
+def check_sqlite_writable(uri: str, db: Path) -> None:
+    """The MLflow database itself must take a write (a read-only file is otherwise found only
+    after data synthesis and teacher fine-tuning): a table is made inside a transaction that
+    is rolled back, so nothing changes. A database busy with another writer is writable."""
+    import sqlite3
+
+    parent = db.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UserError(f"tracking.uri {uri}: folder {parent} does not exist or is not writable")
+    if not db.exists():
+        return  # MLflow creates it in the writable folder
+    try:
+        con = sqlite3.connect(db, timeout=1.0, isolation_level=None)
+        try:
+            # BEGIN alone succeeds on a read-only file; a write statement is what sqlite refuses.
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("CREATE TABLE raykd_write_check (x)")
+            con.execute("ROLLBACK")
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        if "locked" in str(e) or "busy" in str(e):
+            return
+        raise UserError(f"tracking.uri {uri}: {db}: cannot write the MLflow database ({e}); fix its "
+                        "permissions, point tracking.uri elsewhere, or set tracking.enabled=false") from None
 
 
 def client(uri: str):

@@ -25,6 +25,7 @@ from raykd.checkpoint import BEST_FILE
 from raykd.pipeline import DET_FILE, DET_PLOT, write_det  # a trial's DET at the end of a study
 from raykd.config import LayerSubsetParam, RaykdConfig, SearchConfig, absolute_paths, with_updates
 from raykd.errors import UserError
+from raykd.locks import study_guard  # (kept apart from the lines below: they change in other branches)
 from raykd.fsutil import atomic_dir
 from raykd.loggers import CHECKPOINT_PATH, TuneLogger
 from raykd.pipeline import Inputs, ensure_ray, prepare, run_distillation
@@ -162,6 +163,7 @@ def study_dir(cfg: RaykdConfig) -> Path:
     return (Path(cfg.storage_path) / cfg.name).resolve()
 
 
+@study_guard(study_dir)  # GPUs exist, folder writable, one study per name at a time (raykd.locks)
 def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address: str | None = None,
               progress: Callable[[str], None] | None = None) -> StudyOutcome:
     """Tune the search space; leaves <storage>/<name>/{best/, trials.json} and the MLflow study."""

@@ -7,8 +7,10 @@ dotted key and what is wrong, e.g. ``distillation.alignment_layers[1]: 13 > wav2
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,9 @@ from pydantic import BaseModel, ValidationError
 
 from raykd.config.base import ConfigError
 from raykd.config.schema import RaykdConfig, TeacherConfig
-from raykd.config.search import PARAM_TYPES, LayerSubsetParam, RangeParam
+from raykd.config.search import (PARAM_TYPES, CategoricalParam, IntParam, LayerSubsetParam, LogUniformParam,
+                                 RangeParam, UniformParam)
+from raykd.layer_keys import layer_param
 from raykd.metrics import SEARCHABLE
 
 def _loc_to_key(loc: tuple[Any, ...]) -> str:
@@ -81,9 +85,32 @@ def _cross_check(cfg: RaykdConfig) -> list[str]:
         errs.append("data.manifest: required when data.source is 'manifest'")
     if cfg.scaling.use_gpu and cfg.scaling.gpus_per_worker <= 0:
         errs.append("scaling.gpus_per_worker: must be > 0 when scaling.use_gpu is true")
+    errs += _student_size(cfg)
     if cfg.search is not None:
         errs += _check_search(cfg)
     return errs
+
+
+def _student_size(cfg: RaykdConfig) -> list[str]:
+    """`student.max_params`, checked by building the student (what `raykd train` does first)."""
+    from raykd.models.student import build_student  # torch model code: only when a config is checked
+
+    try:
+        build_student(cfg.student, cfg.features.n_mels)
+    except ValueError as e:
+        return [str(e).replace("student: ", "student.max_params: ", 1)]
+    return []
+
+
+def non_finite(tree: Any, path: str = "") -> list[str]:
+    """Every inf / nan anywhere in a config tree, as 'key: not a finite number (inf)'."""
+    if isinstance(tree, dict):
+        return [e for k, v in tree.items() for e in non_finite(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(tree, (list, tuple)):
+        return [e for i, v in enumerate(tree) for e in non_finite(v, f"{path}[{i}]")]
+    if isinstance(tree, float) and not math.isfinite(tree):
+        return [f"{path or '<root>'}: not a finite number ({tree})"]
+    return []
 
 
 # Data, features and teachers are prepared once per study (dataset, fine-tuned teachers,
@@ -94,6 +121,10 @@ PREPARED_ONCE = ("data", "features", "teachers", "cache_dir", "storage_path", "n
 def _check_search(cfg: RaykdConfig) -> list[str]:
     errs: list[str] = []
     base = cfg.model_dump()
+    if cfg.search.trial_epochs is not None and cfg.search.trial_epochs < 1:
+        errs.append(f"search.trial_epochs: {cfg.search.trial_epochs} < 1 (epochs per trial)")
+    if not 0 <= cfg.search.seed < 2**32:  # Optuna's samplers refuse it, after the data and teachers
+        errs.append(f"search.seed: {cfg.search.seed} outside 0..2**32-1")
     if cfg.search.metric not in SEARCHABLE:
         errs.append(f"search.metric: unknown metric '{cfg.search.metric}' (known: {', '.join(SEARCHABLE)})")
     for key, p in cfg.search.params.items():
@@ -115,8 +146,68 @@ def _check_search(cfg: RaykdConfig) -> list[str]:
             errs.append(f"{where}: no such config key '{key}'")
         elif key.split(".")[0] in PREPARED_ONCE:
             errs.append(f"{where}: '{key.split('.')[0]}' is prepared once per study and cannot be searched")
+        else:
+            errs += _value_errors(cfg, key, p)
         if isinstance(p, RangeParam) and p.low > p.high:
             errs.append(f"{where}: low {p.low} > high {p.high}")
+    return errs + _initial_point_errors(cfg)
+
+
+def _field_annotation(key: str) -> Any:
+    """The schema's type of a dotted key through nested models (None past a dict/Any)."""
+    model: Any = RaykdConfig
+    annotation = None
+    for part in key.split("."):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        annotation = model = model.model_fields[part].annotation
+    return annotation
+
+
+def _value_errors(cfg: RaykdConfig, key: str, p: Any) -> list[str]:
+    """A search range or choice must be a value the searched field itself accepts (its type and
+    bounds, from the schema): otherwise trials fail one by one at run time."""
+    where = f"search.params.{key}"
+    if isinstance(p, (UniformParam, LogUniformParam)) and _field_annotation(key) is int:
+        return [f"{where}: {key} is an integer; use type: int"]
+    if isinstance(p, RangeParam):
+        values = {"low": p.low, "high": p.high}
+    elif isinstance(p, CategoricalParam):
+        values = {f"choices[{i}]": c for i, c in enumerate(p.choices)}
+    else:
+        return []
+    base = cfg.model_dump(mode="json", exclude={"search"})
+    errs = []
+    for label, value in values.items():
+        raw = copy.deepcopy(base)
+        set_dotted(raw, key, value)
+        try:
+            RaykdConfig.model_validate(raw)
+        except ValidationError as e:
+            msgs = [err["msg"] for err in e.errors() if _loc_to_key(err["loc"]) == key]
+            if msgs:
+                errs.append(f"{where}.{label}: {value!r} is not a valid {key} ({msgs[0]})")
+    return errs
+
+
+def _initial_point_errors(cfg: RaykdConfig) -> list[str]:
+    """`search.initial_points` name Optuna params of this space, with values inside them."""
+    known: dict[str, Any] = {}
+    for key, p in cfg.search.params.items():
+        if isinstance(p, LayerSubsetParam):
+            known.update({layer_param(key, layer): p for layer in p.candidates})
+        else:
+            known[key] = p
+    errs = []
+    names = ", ".join(list(known)[:12]) + (", ..." if len(known) > 12 else "")
+    for i, point in enumerate(cfg.search.initial_points):
+        for name, value in point.items():
+            where = f"search.initial_points[{i}].{name}"
+            p = known.get(name)
+            if p is None:
+                errs.append(f"{where}: not a parameter of the search space (known: {names or 'none'})")
+            elif not p.contains(value) or (isinstance(p, IntParam) and not isinstance(value, int)):
+                errs.append(f"{where}: {value!r} is outside the parameter's range or choices")
     return errs
 
 
@@ -159,34 +250,75 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None) -> RaykdCon
     """Validate a plain dict; all problems are collected into one ConfigError."""
     if not isinstance(raw, dict):
         raise ConfigError([f"<root>: expected a mapping of keys, got {type(raw).__name__}"], source)
+    errs = non_finite(raw)  # YAML's .inf / .nan: accepted by most bounds, fatal in training
     try:
         cfg = RaykdConfig.model_validate(raw)
     except ValidationError as e:
-        errs = []
         for err in e.errors():
             key = _loc_to_key(err["loc"])
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            msg = msg.removeprefix("Value error, ")  # a validator's own message says what is wrong
             line = f"{key}: {msg}"
             if line not in errs:
                 errs.append(line)
         raise ConfigError(errs, source) from None
-    errs = _cross_check(cfg)
+    errs = errs or non_finite(cfg.model_dump())  # "inf" given as a string (json mode would null it)
+    errs += _cross_check(cfg)
     if errs:
         raise ConfigError(errs, source)
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RaykdConfig:
-    """Read a YAML config (or search-space file), apply `--set` overrides, validate."""
-    path = Path(path)
+def _duplicate_keys(node: yaml.Node, path: str = "") -> list[str]:
+    """Keys given twice in one mapping, anywhere in the document (YAML would keep the last
+    silently: a second `train:` block drops the first one's keys)."""
+    errs: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for k, v in node.value:
+            if not isinstance(k, yaml.ScalarNode) or k.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = f"{path}.{k.value}" if path else str(k.value)
+            line = k.start_mark.line + 1
+            if k.value in seen:
+                errs.append(f"{key}: duplicate key (line {seen[k.value]} and line {line})")
+            else:
+                seen[k.value] = line
+            errs += _duplicate_keys(v, key)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            errs += _duplicate_keys(v, f"{path}[{i}]")
+    return errs
+
+
+def _read_yaml(path: Path) -> Any:
+    """Parse a config file: one line for a folder, a binary file, bad YAML or a duplicate key."""
+    if path.is_dir():
+        raise ConfigError([f"{path}: is a folder, not a config file"])
     if not path.is_file():
         raise ConfigError([f"{path}: no such file"])
+    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"not a text (UTF-8) file: byte 0x{data[e.start]:02x} at offset {e.start}"],
+                          str(path)) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        dups = _duplicate_keys(node) if node is not None else []
+        if dups:
+            raise ConfigError(dups, str(path))
+        return yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"malformed YAML{where}: {getattr(e, 'problem', e)}"], str(path)) from None
+        raise ConfigError([f"malformed YAML{where}: {getattr(e, 'problem', None) or e}"], str(path)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RaykdConfig:
+    """Read a YAML config (or search-space file), apply `--set` overrides, validate."""
+    path = Path(path)
+    raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError([f"<root>: expected a mapping of keys, got {type(raw).__name__}"], str(path))
     for key, value in parse_overrides(overrides):

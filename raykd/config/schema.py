@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, Union
 
@@ -293,10 +294,12 @@ class TrackingConfig(Strict):
 
 # ----------------------------------------------------------------------------- top level
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a run/study folder name
+
 
 class RaykdConfig(Strict):
     name: str = "wakeword"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy and Optuna refuse negative seeds (after hours of work)
     cache_dir: Path = Path(".raykd")  # fine-tuned teachers, teacher-output caches
     storage_path: Path = Path("runs")  # train runs and studies
     data: DataConfig = DataConfig()
@@ -310,6 +313,15 @@ class RaykdConfig(Strict):
     teacher_cache: TeacherCacheConfig = TeacherCacheConfig()
     tracking: TrackingConfig = TrackingConfig()
     search: SearchConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        # The name is a folder under storage_path: '../x' or 'a/b' would write elsewhere.
+        if not PLAIN_NAME.fullmatch(v) or v in (".", ".."):
+            raise ValueError(f"{v!r} must be a plain name: letters, digits, '.', '_', '-' (no '/', "
+                             "not empty, not '..'), starting with a letter or digit")
+        return v
 
     def alignment_layers_by_teacher(self) -> dict[str, list[int]]:
         """The guide's `alignment_layers`, resolved: a list means the first teacher."""
