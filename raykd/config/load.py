@@ -19,6 +19,7 @@ from raykd.config.base import ConfigError
 from raykd.config.schema import RaykdConfig, TeacherConfig
 from raykd.config.search import PARAM_TYPES, LayerSubsetParam, RangeParam
 from raykd.metrics import SEARCHABLE
+from raykd.storage import is_uri
 
 def _loc_to_key(loc: tuple[Any, ...]) -> str:
     """('distillation', 'alignment_layers', 1) -> 'distillation.alignment_layers[1]'."""
@@ -199,7 +200,8 @@ def absolute_paths(cfg: RaykdConfig) -> RaykdConfig:
     other directories, so a relative `.raykd` there would be a different (empty) folder."""
     d = cfg.data
     updates: dict[str, Any] = {"cache_dir": str(Path(cfg.cache_dir).resolve()),
-                               "storage_path": str(Path(cfg.storage_path).resolve()),
+                               "storage_path": cfg.storage_path if is_uri(cfg.storage_path)
+                               else str(Path(cfg.storage_path).resolve()),
                                "data.root": str(Path(d.root).resolve())}
     if d.manifest is not None:
         updates["data.manifest"] = str(Path(d.manifest).resolve())
