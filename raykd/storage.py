@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 SCHEMES = ("s3", "gs", "gcs")
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
@@ -111,9 +112,15 @@ def _tree(fs: Any, root: str) -> dict[str, Any]:
     return {i.path[len(root):].lstrip("/"): i for i in infos if i.type == pafs.FileType.File}
 
 
+UPLOADED = ".raykd-uploaded.json"  # in the local folder: what upload_dir last copied, and its stat
+
+
 def upload_dir(local: str | Path, dest: str | Path) -> int:
-    """Mirror a local folder to `dest`, copying only files that are new or changed (size or
-    newer mtime), so the per-trial sync of a growing study stays cheap. Returns files copied."""
+    """Mirror a local folder to `dest`, copying only files new or changed since this folder's
+    last upload (size and mtime, kept in UPLOADED), so the per-trial sync of a growing study
+    stays cheap. Returns the number of files copied."""
+    import json
+
     import pyarrow.fs as pafs
 
     local = Path(local)
@@ -123,15 +130,19 @@ def upload_dir(local: str | Path, dest: str | Path) -> int:
         return -1
     fs, root = filesystem(dest)
     have = _tree(fs, root)
+    record = local / UPLOADED
+    done = json.loads(record.read_text()) if record.is_file() else {}
     copied = 0
-    for src in sorted(p for p in local.rglob("*") if p.is_file()):
+    for src in sorted(p for p in local.rglob("*") if p.is_file() and p.name != UPLOADED):
         rel = src.relative_to(local).as_posix()
-        st, old = src.stat(), have.get(rel)
-        if old is not None and old.size == st.st_size and old.mtime_ns and old.mtime_ns >= st.st_mtime_ns:
+        st = src.stat()
+        if rel in have and done.get(rel) == [st.st_size, st.st_mtime_ns]:
             continue
         pafs.copy_files(str(src), f"{root}/{rel}", source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=fs)
+        done[rel] = [st.st_size, st.st_mtime_ns]
         copied += 1
+    record.write_text(json.dumps(done))
     return copied
 
 
@@ -150,7 +161,41 @@ def download_dir(src: str | Path, local: str | Path) -> Path:
         pafs.copy_files(root, str(target), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         return target
     for rel in _tree(fs, root):
+        if rel.rsplit("/", 1)[-1] == UPLOADED:
+            continue
         (local / rel).parent.mkdir(parents=True, exist_ok=True)
         pafs.copy_files(f"{root}/{rel}", str(local / rel), source_filesystem=fs,
                         destination_filesystem=pafs.LocalFileSystem())
     return local
+
+
+def pull_study(remote: str, local: Path, resume: bool) -> None:
+    """Before a study on a bucket: --resume starts from the bucket's copy; a new study refuses
+    one the bucket already has, and starts from an empty working folder (it is only a cache)."""
+    from raykd.errors import UserError
+
+    there = exists(join(remote, "tune"))
+    if resume and there:
+        download_dir(remote, local)
+    elif there:
+        raise UserError(f"study {remote} already exists: resume it with --resume, or pick another name "
+                        "with --set name=...")
+    elif not resume and Path(local).exists():
+        shutil.rmtree(local)
+
+
+@contextmanager
+def local_copy(path: str | Path, parts: list[str]) -> Iterator[Path]:
+    """A local folder holding `parts` (files or folders, relative) of `path`: the path itself
+    when it is local, else a temp dir they were downloaded to (missing parts are skipped)."""
+    import tempfile
+
+    if not is_uri(path):
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="raykd-") as tmp:
+        for part in parts:
+            src = join(path, part)
+            if exists(src):
+                download_dir(src, (Path(tmp) / part) if not is_file(src) else (Path(tmp) / part).parent)
+        yield Path(tmp)
