@@ -11,12 +11,14 @@ import socket
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from raykd import storage as S
 from raykd.cli import app
+from raykd.presets import tiny_config
 
-from tests.tune.test_tune import write_space
+from tests.tune.test_tune import SEARCH
 
 BUCKET = "raykd-test"
 
@@ -30,7 +32,10 @@ def free_port() -> int:
 @pytest.fixture
 def s3_bucket(monkeypatch):
     """A moto S3 server on 127.0.0.1, one empty bucket, and the AWS env pointing at it."""
+    import logging
+
     moto_server = pytest.importorskip("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per S3 request otherwise
     port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -91,9 +96,10 @@ def bucket_files(prefix: str) -> set[str]:
 @pytest.mark.slow
 def test_study_on_s3_completes_resumes_and_exports(tiny_project, local_ray, s3_bucket, tmp_path):
     root, _ = tiny_project
-    space = write_space(root, tmp_path / "space.yaml", name="cloud", storage_path=f"{s3_bucket}/studies",
-                        **{"search.num_samples": 2, "search.max_concurrent": 1, "search.trial_epochs": 1,
-                           "tracking.enabled": False})
+    raw = tiny_config(root, name="cloud", storage_path=f"{s3_bucket}/studies", **{"tracking.enabled": False})
+    raw["search"] = {**json.loads(json.dumps(SEARCH)), "num_samples": 2, "max_concurrent": 1, "trial_epochs": 1}
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(raw, sort_keys=False))
     remote = f"{s3_bucket}/studies/cloud"
     res = CliRunner().invoke(app, ["tune", str(space)])
     assert res.exit_code == 0, res.output
@@ -129,8 +135,8 @@ def test_study_on_s3_completes_resumes_and_exports(tiny_project, local_ray, s3_b
     side = json.loads(S.read_text(f"{remote}/best/checkpoint/export/student.json"))
     assert side["source_checkpoint"] == f"{remote}/best/checkpoint/best.pt"
     local = S.download_dir(f"{remote}/best/checkpoint/export", tmp_path / "export")
-    import onnxruntime as ort
     import numpy as np
+    import onnxruntime as ort
 
     sess = ort.InferenceSession(str(local / "student.onnx"))
     probs = sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, side["input"]["clip_samples"]), np.float32)})
