@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +141,10 @@ class UploadStudy(Callback):
         self.remote = remote
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        upload_dir(Path(trial.storage.experiment_fs_path).parent, self.remote)
+        try:
+            upload_dir(Path(trial.storage.experiment_fs_path).parent, self.remote)
+        except OSError as e:  # a network blip must not end the study: the final upload retries
+            logging.getLogger(__name__).warning("upload to %s failed, retried at the end: %s", self.remote, e)
 
     on_trial_error = on_trial_complete
 

@@ -74,6 +74,15 @@ def test_storage_round_trip_on_s3(s3_bucket, tmp_path):
         S.download_dir(S.join(s3_bucket, "no-such"), tmp_path / "none")
 
 
+def test_missing_s3_study_is_one_clear_error(s3_bucket):
+    gone = f"{s3_bucket}/studies/none"
+    for argv, says in [(["best", gone], f"{gone}/trials.json: no finished study"),
+                       (["export", f"{gone}/best", "--no-register"], f"{gone}/best: no such file or folder"),
+                       (["retrain", gone], f"{gone}/best/config.yaml: no best config")]:
+        res = CliRunner().invoke(app, argv)
+        assert res.exit_code == 2 and says in res.output and "Traceback" not in res.output, (argv, res.output)
+
+
 def test_local_storage_path_is_unchanged(tmp_path):
     """A local path: the study is written where it always was, nothing is mirrored."""
     from raykd.config import config_from_dict
