@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from raykd import storage as S
 from raykd.config import ConfigError, RaykdConfig, load_config
 from raykd.errors import UserError
 
@@ -186,7 +187,10 @@ def train(config: Path, set_: Optional[list[str]] = SetOpt,
     from raykd.pipeline import TrainInterrupted, fit
 
     given_run_dir = run_dir
-    run_dir = run_dir or cfg.storage_path / f"{cfg.name}-train"
+    remote = None  # storage_path on a bucket: the run is written locally, then uploaded
+    if run_dir is None and S.is_uri(cfg.storage_path):
+        remote, run_dir = S.join(cfg.storage_path, f"{cfg.name}-train"), Path(cfg.cache_dir) / "runs" / f"{cfg.name}-train"
+    run_dir = run_dir or Path(cfg.storage_path) / f"{cfg.name}-train"
     n = count_params(build_student(cfg.student, cfg.features.n_mels))
     console.print(f"student: TinyConv, {n:,} parameters; aligned layers: {cfg.aligned_layers() or 'none'}")
 
@@ -211,6 +215,9 @@ def train(config: Path, set_: Optional[list[str]] = SetOpt,
     console.print(f"checkpoint: {out.checkpoint_dir}")
     if (run_dir / "det.json").is_file():
         console.print(f"DET of the best epoch: {run_dir / 'det.json'} and det.png")
+    if remote:
+        S.upload_dir(run_dir, remote)
+        console.print(f"uploaded to {remote}")
     if out.status != "completed":
         raise typer.Exit(1)
 
@@ -234,7 +241,7 @@ def tune(config: Path, set_: Optional[list[str]] = SetOpt,
     _trials_table(cfg.search.metric, cfg.search.mode, out.rows)
     if out.best_dir:
         console.print(f"best trial {out.best['trial_id']}: {cfg.search.metric}={_fmt(out.best[cfg.search.metric])}"
-                      f" -> {out.best_dir}")
+                      f" -> {S.join(out.remote, 'best') if out.remote else out.best_dir}")
     console.print(f"MLflow: `mlflow ui --backend-store-uri {_uri(cfg)}` (experiment {cfg.tracking.experiment})")
     if not any(r["status"] in ("completed", "pruned", "diverged", "oom") for r in out.rows):
         errors = sorted(out.study_dir.glob("tune/*/error.txt"))
@@ -290,49 +297,59 @@ def _trials_table(metric: str, mode: str, rows: list[dict], top: int = 10) -> No
 
 @app.command()
 @user_errors
-def best(study_dir: Path) -> None:
-    """Show a finished study's trials, best first."""
+def best(study_dir: str) -> None:
+    """Show a finished study's trials, best first (STUDY_DIR: a folder or an s3:// / gs:// URI)."""
     import json
 
-    trials = study_dir / "trials.json"
-    _check_trials_json(trials, study_dir)
-    if not trials.is_file():
-        raise UserError(f"{trials}: no finished study here (run `raykd tune` first)")
-    cfg = load_config(study_dir / "search_space.yaml")
-    _trials_table(cfg.search.metric, cfg.search.mode, json.loads(trials.read_text()), top=1000)
+    with S.local_copy(study_dir, ["trials.json", "search_space.yaml"]) as local:
+        trials = local / "trials.json"
+        _check_trials_json(trials, local)
+        if not trials.is_file():
+            raise UserError(f"{S.join(study_dir, 'trials.json')}: no finished study here (run `raykd tune` first)")
+        cfg = load_config(local / "search_space.yaml")
+        _trials_table(cfg.search.metric, cfg.search.mode, json.loads(trials.read_text()), top=1000)
 
 
 @app.command()
 @user_errors
-def retrain(study_dir: Path, set_: Optional[list[str]] = SetOpt,
+def retrain(study_dir: str, set_: Optional[list[str]] = SetOpt,
             overwrite: bool = typer.Option(False, "--overwrite", help="Discard an earlier retrain and start again.")
             ) -> None:
-    """Train the study's best config on the full epoch budget -> <study>/retrain."""
+    """Train the study's best config on the full epoch budget -> <study>/retrain (a study on a
+    bucket: trained in <cache_dir>/studies/<name>/retrain, then uploaded)."""
     from raykd.pipeline import fit
 
-    best_cfg = study_dir / "best" / "config.yaml"
-    if not best_cfg.is_file():
-        raise UserError(f"{best_cfg}: no best config (did the study finish?)")
-    cfg = _load(best_cfg, set_)
-    out = fit(cfg, study_dir / "retrain", overwrite=overwrite, on_epoch=lambda row: console.print(
+    with S.local_copy(study_dir, ["best/config.yaml"]) as local:
+        best_cfg = local / "best" / "config.yaml"
+        if not best_cfg.is_file():
+            raise UserError(f"{S.join(study_dir, 'best', 'config.yaml')}: no best config (did the study finish?)")
+        cfg = _load(best_cfg, set_)
+    run_dir = Path(cfg.cache_dir) / "studies" / cfg.name / "retrain" if S.is_uri(study_dir) else Path(study_dir) / "retrain"
+    out = fit(cfg, run_dir, overwrite=overwrite, on_epoch=lambda row: console.print(
         f"epoch {row['epoch']}: val_accuracy={_fmt(row.get('val_accuracy'))} "
         f"val_fa_per_hour={_fmt(row.get('val_fa_per_hour'))} "
         f"val_frr_at_target={_fmt(row.get('val_frr_at_target'))}", highlight=False), progress=_progress)
     console.print(_epoch_table(out.history, f"retrain {cfg.name}: {out.status}"))
-    console.print(f"checkpoint: {out.checkpoint_dir}  (export it: raykd export {study_dir / 'retrain'})")
+    if S.is_uri(study_dir):
+        S.upload_dir(run_dir, S.join(study_dir, "retrain"))
+    console.print(f"checkpoint: {out.checkpoint_dir}  (export it: raykd export {S.join(study_dir, 'retrain')})")
 
 
 @app.command()
 @user_errors
-def export(checkpoint: Path, out: Optional[Path] = typer.Option(None, help="Default: <checkpoint>/export."),
+def export(checkpoint: str, out: Optional[str] = typer.Option(None, help="Default: <checkpoint>/export."),
            register: bool = typer.Option(True, help="Register the model in MLflow's registry.")) -> None:
-    """Write the student alone as ONNX (+ JSON sidecar), check parity with onnxruntime."""
+    """Write the student alone as ONNX (+ JSON sidecar), check parity with onnxruntime.
+    CHECKPOINT and --out may be s3:// / gs:// URIs (downloaded, exported here, uploaded)."""
     from raykd.checkpoint import read_checkpoint
-    from raykd.export import export_onnx, resolve_checkpoint
+    from raykd.export import export_onnx, export_remote, resolve_checkpoint
 
-    read_checkpoint(resolve_checkpoint(checkpoint))  # a damaged file: one line naming it
-    # Default: beside the checkpoint it came from (<run>/checkpoint/export).
-    res = export_onnx(checkpoint, out or resolve_checkpoint(checkpoint).parent / "export", register=register)
+    if S.is_uri(checkpoint) or (out and S.is_uri(out)):
+        res = export_remote(checkpoint, out, register=register)
+    else:  # default: beside the checkpoint it came from (<run>/checkpoint/export)
+        read_checkpoint(resolve_checkpoint(checkpoint))  # a damaged file: one line naming it
+        res = export_onnx(checkpoint, Path(out) if out else resolve_checkpoint(checkpoint).parent / "export",
+                          register=register)
     console.print(f"ONNX: {res.onnx_path} ({res.params:,} student parameters, no projectors)\n"
                   f"sidecar: {res.sidecar_path}\nparity onnxruntime vs PyTorch: max |diff| = {res.max_abs_diff:.2e}"
                   + (f"\nregistered version: {res.registered_version}" if res.registered_version else ""))

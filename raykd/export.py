@@ -252,7 +252,7 @@ def operating_point(cfg: RaykdConfig, metrics: dict[str, Any]) -> dict[str, Any]
             "frr": metrics.get(M.VAL_FRR), "fa_per_hour": metrics.get(M.VAL_FA_PER_HOUR)}
 
 
-def build_sidecar(cfg: RaykdConfig, metrics: dict[str, Any], params: int, source: Path, opset: int,
+def build_sidecar(cfg: RaykdConfig, metrics: dict[str, Any], params: int, source: Path | str, opset: int,
                   sha256: dict[str, str], parity: dict[str, Any]) -> dict[str, Any]:
     f = cfg.features
     point = operating_point(cfg, metrics)
@@ -273,7 +273,7 @@ def build_sidecar(cfg: RaykdConfig, metrics: dict[str, Any], params: int, source
         "sample_rate": f.sample_rate, "clip_seconds": f.clip_seconds, "n_mels": f.n_mels,
         "win_ms": f.win_ms, "hop_ms": f.hop_ms, "feature": feature_recipe(f),
         "student": cfg.student.model_dump(mode="json"), "params": params,
-        "source_checkpoint": str(source.resolve()), "metrics": metrics, "opset": opset, "parity": parity,
+        "source_checkpoint": source if isinstance(source, str) else str(source.resolve()), "metrics": metrics, "opset": opset, "parity": parity,
     }
 
 
@@ -285,7 +285,7 @@ def file_sha256(path: Path) -> str:
 
 
 def export_onnx(path: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET, register: bool = True,
-                tracking_uri: str | None = None) -> ExportResult:
+                tracking_uri: str | None = None, source_name: str | None = None) -> ExportResult:
     """Student only -> <out_dir>/student.onnx (raw audio) + student_logmel.onnx + student.json,
     parity-checked, optionally registered.
 
@@ -321,13 +321,38 @@ def export_onnx(path: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSE
         params = count_params(student)
         parity = {"inputs": inputs, ONNX_FILE: {"max_abs_diff": diff, "atol": AUDIO_PARITY_ATOL},
                   LOGMEL_ONNX_FILE: {"max_abs_diff": mel_diff, "atol": PARITY_ATOL}}
-        side = build_sidecar(cfg, metrics, params, source, onnx_opset(proto),
+        side = build_sidecar(cfg, metrics, params, source_name or source, onnx_opset(proto),
                              {ONNX_FILE: file_sha256(tmp), LOGMEL_ONNX_FILE: file_sha256(tmp_mel)}, parity)
     with atomic_file(out_dir / SIDECAR_FILE) as tmp:
         tmp.write_text(json.dumps(side, indent=1) + "\n")
     version = register_export(cfg, out_dir, side, diff, uri) if uri else None
     return ExportResult(out_dir / ONNX_FILE, out_dir / SIDECAR_FILE, diff, params, version,
                         out_dir / LOGMEL_ONNX_FILE, mel_diff, inputs)
+
+
+def export_remote(uri: str, out_dir: str | Path | None = None, **kw: Any) -> ExportResult:
+    """A checkpoint on a bucket (anything resolve_checkpoint takes): downloaded to a temp dir and
+    exported there; the export goes beside it on the bucket (<checkpoint>/export) or to `out_dir`."""
+    import dataclasses
+    import tempfile
+
+    from raykd import storage as S
+
+    with tempfile.TemporaryDirectory(prefix="raykd-export-") as tmp:
+        try:
+            local = S.download_dir(uri, Path(tmp) / "src")
+        except FileNotFoundError:
+            raise UserError(f"{uri}: no such file or folder (expected best.pt, a checkpoint, run or "
+                            f"study best/ folder)") from None
+        ckpt = resolve_checkpoint(local)
+        remote_ckpt = S.join(uri, *ckpt.relative_to(local).parts) if local.is_dir() else uri
+        if out_dir is not None and not S.is_uri(str(out_dir)):
+            return export_onnx(ckpt, out_dir, source_name=str(remote_ckpt), **kw)
+        dest = str(out_dir) if out_dir is not None else S.join(remote_ckpt.rsplit("/", 1)[0], "export")
+        res = export_onnx(ckpt, Path(tmp) / "export", source_name=str(remote_ckpt), **kw)
+        S.upload_dir(Path(tmp) / "export", dest)
+    return dataclasses.replace(res, onnx_path=S.join(dest, ONNX_FILE), sidecar_path=S.join(dest, SIDECAR_FILE),
+                               logmel_path=S.join(dest, LOGMEL_ONNX_FILE))
 
 
 def _registry_uri(cfg: RaykdConfig, override: str | None) -> str:

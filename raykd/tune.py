@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from raykd.fsutil import atomic_dir
 from raykd.loggers import CHECKPOINT_PATH, TuneLogger
 from raykd.pipeline import Inputs, ensure_ray, prepare, run_distillation
 from raykd.sessions import release_placement_groups
+from raykd.storage import is_uri, join, pull_study, upload_dir
 
 # A smoke study: the same code path, a few short trials on a small dataset.
 SMOKE_UPDATES: dict[str, Any] = {
@@ -133,6 +135,22 @@ class ReleaseWorkers(Callback):
         self._release(trial)
 
 
+class UploadStudy(Callback):
+    """A study on a bucket: after each trial, mirror the local working folder (the parent of
+    Tune's dir, wherever a resume put it) to the bucket, changed files only."""
+
+    def __init__(self, remote: str):
+        self.remote = remote
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        try:
+            upload_dir(Path(trial.storage.experiment_fs_path).parent, self.remote)
+        except OSError as e:  # a network blip must not end the study: the final upload retries
+            logging.getLogger(__name__).warning("upload to %s failed, retried at the end: %s", self.remote, e)
+
+    on_trial_error = on_trial_complete
+
+
 class Backstop(Stopper):
     """Tune stopper: a trial that reports diverged/oom, or reaches its epochs, stops."""
 
@@ -157,10 +175,20 @@ class StudyOutcome:
     best_dir: Path | None
     parent_run_id: str | None
     interrupted: bool = False  # Ctrl-C / SIGINT: state saved, continue with --resume
+    remote: str | None = None  # the study's bucket URI when storage_path is one (study_dir mirrors it)
 
 
 def study_dir(cfg: RaykdConfig) -> Path:
+    """Where the study is written: <storage_path>/<name>, or for a bucket its local working
+    copy <cache_dir>/studies/<name> (mirrored to the bucket, see remote_study)."""
+    if is_uri(cfg.storage_path):
+        return (Path(cfg.cache_dir) / "studies" / cfg.name).resolve()
     return (Path(cfg.storage_path) / cfg.name).resolve()
+
+
+def remote_study(cfg: RaykdConfig) -> str | None:
+    """<storage_path>/<name> when storage_path is an s3:// / gs:// URI, else None."""
+    return str(join(cfg.storage_path, cfg.name)) if is_uri(cfg.storage_path) else None
 
 
 @study_guard(study_dir)  # GPUs exist, folder writable, one study per name at a time (raykd.locks)
@@ -172,10 +200,12 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
 
     cfg = absolute_paths(cfg)  # trials run in their own directories
     search = cfg.search or SearchConfig()
-    sdir = study_dir(cfg)
+    sdir, remote = study_dir(cfg), remote_study(cfg)
+    if remote:
+        pull_study(remote, sdir, resume)
     tuner_dir = sdir / "tune"
     if resume and not tune.Tuner.can_restore(str(tuner_dir)):
-        raise UserError(f"--resume: no study to resume at {tuner_dir}")
+        raise UserError(f"--resume: no study to resume at {join(remote, 'tune') if remote else tuner_dir}")
     if not resume and tuner_dir.exists():
         raise UserError(f"study {cfg.name} already exists at {sdir}: resume it with --resume, "
                               f"or pick another name with --set name=...")
@@ -215,15 +245,19 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
         tuner = tune.Tuner.restore(str(tuner_dir), trainable=trainable, resume_unfinished=True,
                                    restart_errored=True)
     else:
-        tuner = _new_tuner(cfg, trainable, sdir, epochs)
+        tuner = _new_tuner(cfg, trainable, sdir, epochs, remote)  # restore keeps its callbacks
     grid = tuner.fit()
     # Tune returns normally on Ctrl-C; a finished trial's last result has done=True.
     interrupted = len(grid) < search.num_samples or any(
         r.error is None and not (r.metrics or {}).get("done") for r in grid)
-    return summarise(cfg, grid, sdir, study, epochs, interrupted)
+    out = summarise(cfg, grid, sdir, study, epochs, interrupted)
+    if remote:  # trials.json, best/, plots and Tune's final state
+        upload_dir(sdir, remote)
+        out.remote = remote
+    return out
 
 
-def _new_tuner(cfg: RaykdConfig, trainable: Any, sdir: Path, epochs: int) -> Any:
+def _new_tuner(cfg: RaykdConfig, trainable: Any, sdir: Path, epochs: int, remote: str | None = None) -> Any:
     """A fresh Tuner: seeded Optuna (define-by-run, the guide's point first), ASHA, the backstop."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -249,7 +283,8 @@ def _new_tuner(cfg: RaykdConfig, trainable: Any, sdir: Path, epochs: int) -> Any
         # without the dashboard; Ray Train trials end by themselves on the same conditions.
         run_config=tune.RunConfig(name="tune", storage_path=str(sdir),
                                   stop=Backstop(epochs) if cfg.scaling.num_workers == 0 else None,
-                                  callbacks=[ReleaseWorkers(str(sdir / "trials"))],
+                                  callbacks=[ReleaseWorkers(str(sdir / "trials"))]
+                                  + ([UploadStudy(remote)] if remote else []),
                                   failure_config=tune.FailureConfig(max_failures=1), verbose=0),
     )
     return tuner

@@ -23,6 +23,7 @@ from raykd.config.search import (PARAM_TYPES, CategoricalParam, IntParam, LayerS
                                  RangeParam, UniformParam)
 from raykd.layer_keys import layer_param
 from raykd.metrics import SEARCHABLE
+from raykd.storage import is_uri
 
 def _loc_to_key(loc: tuple[Any, ...]) -> str:
     """('distillation', 'alignment_layers', 1) -> 'distillation.alignment_layers[1]'."""
@@ -331,7 +332,8 @@ def absolute_paths(cfg: RaykdConfig) -> RaykdConfig:
     other directories, so a relative `.raykd` there would be a different (empty) folder."""
     d = cfg.data
     updates: dict[str, Any] = {"cache_dir": str(Path(cfg.cache_dir).resolve()),
-                               "storage_path": str(Path(cfg.storage_path).resolve()),
+                               "storage_path": cfg.storage_path if is_uri(cfg.storage_path)
+                               else str(Path(cfg.storage_path).resolve()),
                                "data.root": str(Path(d.root).resolve())}
     if d.manifest is not None:
         updates["data.manifest"] = str(Path(d.manifest).resolve())

@@ -301,7 +301,8 @@ class RaykdConfig(Strict):
     name: str = "wakeword"
     seed: int = Field(0, ge=0, lt=2**32)  # numpy and Optuna refuse negative seeds (after hours of work)
     cache_dir: Path = Path(".raykd")  # fine-tuned teachers, teacher-output caches
-    storage_path: Path = Path("runs")  # train runs and studies
+    # Train runs and studies: a local / shared path, or an s3:// or gs:// URI (raykd.storage).
+    storage_path: str = "runs"
     data: DataConfig = DataConfig()
     features: FeatureConfig = FeatureConfig()
     eval: EvalConfig = EvalConfig()
@@ -313,6 +314,16 @@ class RaykdConfig(Strict):
     teacher_cache: TeacherCacheConfig = TeacherCacheConfig()
     tracking: TrackingConfig = TrackingConfig()
     search: SearchConfig | None = None
+
+    @field_validator("storage_path", mode="before")
+    @classmethod
+    def _storage_uri(cls, v: object) -> object:
+        """A URI is kept as written (a Path would fold `s3://b` into `s3:/b`); a path as a str."""
+        from raykd.storage import check_uri
+
+        if isinstance(v, Path):
+            return str(v)
+        return check_uri(v) if isinstance(v, str) else v
 
     @field_validator("name")
     @classmethod

@@ -570,8 +570,14 @@ def test_docs_name_real_files_and_commands():
             assert_on_shared_storage(command_config(ctx))
 
 
-@pytest.mark.xfail(strict=True, reason="raykd.config types storage_path as a Path: `s3://b/x` "
-                   "becomes `s3:/b/x`. docs/cluster.md says to use a shared file system until then.")
 def test_cloud_storage_path_reaches_the_config_unchanged():
+    from raykd.config import ConfigError, absolute_paths
+
     cfg = config_with_overrides(["storage_path=s3://raykd-studies/runs"])
     assert str(cfg.storage_path) == "s3://raykd-studies/runs"
+    # trials run elsewhere: the URI survives the absolute-path pass, a local path is still resolved
+    assert absolute_paths(cfg).storage_path == "s3://raykd-studies/runs"
+    assert config_with_overrides(["storage_path=gs://b/runs/"]).storage_path == "gs://b/runs"
+    assert Path(absolute_paths(config_with_overrides(["storage_path=runs"])).storage_path).is_absolute()
+    with pytest.raises(ConfigError, match="storage_path.*unsupported scheme ftp://"):
+        config_with_overrides(["storage_path=ftp://host/runs"])
