@@ -33,6 +33,10 @@ def _quiet() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Tune's new output engine prints its own banners (the experiment configuration box, the
+    # TensorBoard hint, a final trial table) whatever the verbosity; the legacy engine at
+    # verbose=0 prints nothing, and raykd renders its own table.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     for name in ("ray.train", "ray.tune", "ray.train.v2", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -74,7 +78,10 @@ def _load(path: Path, overrides: Optional[list[str]]) -> RaykdConfig:
 
 
 def _progress(msg: str) -> None:
-    console.print(f"[dim]{escape(msg)}[/dim]", highlight=False)
+    if msg.startswith("warning: "):  # the library's warnings (a teacher weaker than the student alone)
+        console.print(f"[yellow]warning:[/yellow] {escape(msg[len('warning: '):])}", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"[dim]{escape(msg)}[/dim]", highlight=False)
 
 
 def _epoch_table(rows: list[dict[str, Any]], title: str) -> Table:
@@ -202,19 +209,30 @@ def tune(config: Path, set_: Optional[list[str]] = SetOpt,
     if smoke:
         cfg = with_updates(cfg, SMOKE_UPDATES)
     out = run_study(cfg, config, resume=resume, address=address, progress=_progress)
-    _trials_table(cfg.search.metric, cfg.search.mode, out.rows)
+    console.print(_trials_table(cfg.search.metric, cfg.search.mode, out.rows, baselines=out.baselines))
     if out.best_dir:
         console.print(f"best trial {out.best['trial_id']}: {cfg.search.metric}={_fmt(out.best[cfg.search.metric])}"
                       f" -> {out.best_dir}")
+    _verdict(out.summary)
+    console.print(f"report: {out.report}")
     console.print(f"MLflow: `mlflow ui --backend-store-uri {_uri(cfg)}` (experiment {cfg.tracking.experiment})")
+    if out.interrupted:
+        err.print(f"[yellow]interrupted:[/yellow] state saved; continue with `raykd tune {config} --resume`")
+        raise typer.Exit(130)
     if not any(r["status"] in ("completed", "pruned", "diverged", "oom") for r in out.rows):
         errors = sorted(out.study_dir.glob("tune/*/error.txt"))
         err.print(f"[red]error:[/red] no trial finished; the first trial's error: "
                   f"{errors[0].read_text().strip().splitlines()[-1] if errors else 'unknown'}", highlight=False)
         raise typer.Exit(1)
-    if out.interrupted:
-        err.print(f"[yellow]interrupted:[/yellow] state saved; continue with `raykd tune {config} --resume`")
-        raise typer.Exit(130)
+
+
+def _verdict(summary: dict) -> None:
+    """distillation_gain with its spread, said plainly; teachers weaker than the student alone."""
+    gain = summary.get("distillation_gain")
+    colour = {"helped": "green", "did not help": "red"}.get((gain or {}).get("verdict"), "yellow")
+    console.print(f"[{colour}]{escape(summary.get('verdict', ''))}[/{colour}]", highlight=False, soft_wrap=True)
+    for line in summary.get("weaker_teachers", []):
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def _uri(cfg: RaykdConfig) -> str:
@@ -223,19 +241,24 @@ def _uri(cfg: RaykdConfig) -> str:
     return tracking_uri(cfg)
 
 
-def _trials_table(metric: str, mode: str, rows: list[dict], top: int = 10) -> None:
-    sign = -1.0 if mode == "max" else 1.0  # best first, whichever way is better
-    ranked = sorted(rows, key=lambda r: (r.get(metric) is None, sign * (r.get(metric) or 0.0)))
+def _trials_table(metric: str, mode: str, rows: list[dict], top: int = 10,
+                  baselines: list[dict] | None = None) -> Table:
+    """Baselines first, then the best `top` trials; layers as lists; fits a 100-column terminal."""
+    from raykd.results import trial_table
+
+    baselines = baselines or []
+    headers, cells = trial_table(metric, mode, baselines, rows, top)
     arrow = "higher" if mode == "max" else "lower"
-    table = Table(title=f"trials (best {min(top, len(rows))} of {len(rows)} by {metric}, {arrow} is better)")
-    keys = sorted({k for r in rows for k in r.get("params", {})})
-    for c in ["trial", "status", "epochs", metric, *keys]:
-        table.add_column(c, justify="right")
-    for r in ranked[:top]:
-        p = r.get("params", {})
-        table.add_row(r["trial_id"], r["status"], str(r.get("epochs", "")), _fmt(r.get(metric)),
-                      *[_fmt(p.get(k)) for k in keys])
-    console.print(table)
+    shown = min(top, len(rows))
+    table = Table(title=f"trials (best {shown} of {len(rows)} by {metric}, {arrow} is better"
+                        + (f"; {len(baselines)} baseline runs first" if baselines else "") + ")")
+    for i, h in enumerate(headers):
+        # run names stay whole; parameter names wrap between words (feature / alignment / weight)
+        table.add_column(h.replace("_", " ") if i > 4 else h, justify="left" if i in (0, 1, 4) else "right",
+                         no_wrap=i in (0, 1, 2), overflow="fold")
+    for j, row in enumerate(cells):
+        table.add_row(*row, end_section=j == len(baselines) - 1)
+    return table
 
 
 @app.command()
@@ -247,8 +270,22 @@ def best(study_dir: Path) -> None:
     trials = study_dir / "trials.json"
     if not trials.is_file():
         raise UserError(f"{trials}: no finished study here (run `raykd tune` first)")
+    from raykd.baselines import read_study_summary
+
     cfg = load_config(study_dir / "search_space.yaml")
-    _trials_table(cfg.search.metric, cfg.search.mode, json.loads(trials.read_text()), top=1000)
+    baselines = (read_study_summary(study_dir) or {}).get("baselines", [])
+    console.print(_trials_table(cfg.search.metric, cfg.search.mode, json.loads(trials.read_text()), top=1000,
+                                baselines=baselines))
+
+
+@app.command()
+@user_errors
+def report(study_dir: Path) -> None:
+    """Write a finished study's report: report.html (self-contained) and report.md, in STUDY_DIR."""
+    from raykd.report import write_report
+
+    html_path, md_path = write_report(study_dir)
+    console.print(f"report: {html_path}\nmarkdown: {md_path}")
 
 
 @app.command()
