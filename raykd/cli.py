@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -37,7 +39,7 @@ def _quiet() -> None:
     # TensorBoard hint, a final trial table) whatever the verbosity; the legacy engine at
     # verbose=0 prints nothing, and raykd renders its own table.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    for name in ("ray.train", "ray.tune", "ray.train.v2", "mlflow", "alembic"):
+    for name in ("ray.train", "ray.tune", "ray.train.v2", "mlflow", "alembic", "optuna"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set train.lr=0.01 (repeatable).")
@@ -209,7 +211,8 @@ def tune(config: Path, set_: Optional[list[str]] = SetOpt,
     if smoke:
         cfg = with_updates(cfg, SMOKE_UPDATES)
     out = run_study(cfg, config, resume=resume, address=address, progress=_progress)
-    console.print(_trials_table(cfg.search.metric, cfg.search.mode, out.rows, baselines=out.baselines))
+    console.print(_trials_table(cfg.search.metric, cfg.search.mode, out.rows, baselines=out.baselines,
+                                width=console.width))
     if out.best_dir:
         console.print(f"best trial {out.best['trial_id']}: {cfg.search.metric}={_fmt(out.best[cfg.search.metric])}"
                       f" -> {out.best_dir}")
@@ -242,22 +245,51 @@ def _uri(cfg: RaykdConfig) -> str:
 
 
 def _trials_table(metric: str, mode: str, rows: list[dict], top: int = 10,
-                  baselines: list[dict] | None = None) -> Table:
-    """Baselines first, then the best `top` trials; layers as lists; fits a 100-column terminal."""
+                  baselines: list[dict] | None = None, width: int = 100) -> Table:
+    """Baselines first, then the best `top` trials; layers as lists ("wav2vec2: 2,4,6"). Fits
+    `width` columns (a 100-column terminal): parameter columns that would not fit are left out,
+    and the caption says where they are."""
     from raykd.results import trial_table
 
     baselines = baselines or []
     headers, cells = trial_table(metric, mode, baselines, rows, top)
+    # One teacher's layers stay on one line ("wav2vec2: 1,2,4,6,12;"), the rest may wrap.
+    layers_width = min(32, max((len(part) + 1 for row in cells for part in row[4].split("; ")), default=6))
+    for n in range(len(headers), 4, -1):  # drop parameter columns from the right until it fits
+        table = _table(metric, mode, len(rows), top, len(baselines), headers[:n], [r[:n] for r in cells],
+                       layers_width)
+        if _fits(table, width):
+            break
+    if n < len(headers):
+        table.caption = f"{len(headers) - n} more parameter(s): `raykd report` or trials.json"
+    return table
+
+
+def _fits(table: Table, width: int) -> bool:
+    """Rendered `width` wide, does the table lose nothing (wrapped, not cropped or cut with '…')?"""
+    def chars(w: int) -> list[str]:
+        c = Console(width=w, record=True, file=open(os.devnull, "w"))
+        c.print(table)
+        # box-drawing rules span the table's width: only the text counts
+        return sorted(ch for ch in c.export_text() if not ch.isspace() and not "\u2500" <= ch <= "\u257f")
+
+    return chars(width) == chars(10_000)
+
+
+def _table(metric: str, mode: str, n_rows: int, top: int, n_baselines: int, headers: list[str],
+           cells: list[list[str]], layers_width: int) -> Table:
     arrow = "higher" if mode == "max" else "lower"
-    shown = min(top, len(rows))
-    table = Table(title=f"trials (best {shown} of {len(rows)} by {metric}, {arrow} is better"
-                        + (f"; {len(baselines)} baseline runs first" if baselines else "") + ")")
+    table = Table(title=f"trials (best {min(top, n_rows)} of {n_rows} by {metric}, {arrow} is better"
+                        + (f"; {n_baselines} baseline runs first" if n_baselines else "") + ")",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for i, h in enumerate(headers):
-        # run names stay whole; parameter names wrap between words (feature / alignment / weight)
+        # parameter names wrap between words (feature / alignment / weight): as narrow as a value
+        narrow = max(6, *(len(w) for w in h.split("_")), *(len(r[i]) for r in cells)) if i > 4 else None
         table.add_column(h.replace("_", " ") if i > 4 else h, justify="left" if i in (0, 1, 4) else "right",
-                         no_wrap=i in (0, 1, 2), overflow="fold")
+                         no_wrap=i in (0, 1, 2, 3), overflow="fold", min_width=layers_width if i == 4 else None,
+                         max_width=narrow)
     for j, row in enumerate(cells):
-        table.add_row(*row, end_section=j == len(baselines) - 1)
+        table.add_row(*row, end_section=j == n_baselines - 1)
     return table
 
 
@@ -275,7 +307,7 @@ def best(study_dir: Path) -> None:
     cfg = load_config(study_dir / "search_space.yaml")
     baselines = (read_study_summary(study_dir) or {}).get("baselines", [])
     console.print(_trials_table(cfg.search.metric, cfg.search.mode, json.loads(trials.read_text()), top=1000,
-                                baselines=baselines))
+                                baselines=baselines, width=console.width))
 
 
 @app.command()

@@ -106,7 +106,8 @@ def _teachers(summary: dict[str, Any]) -> Section:
 
 def _trials(summary: dict[str, Any], rows: list[dict[str, Any]]) -> Section:
     return Section("Trials", ["Baselines first, then every trial, best first. layers = the teacher "
-                              "layers a run aligned."],
+                              "layers a run aligned; a baseline runs the searched parameters at the base "
+                              "config's values."],
                    table=trial_table(summary["metric"], summary["mode"], summary.get("baselines", []), rows))
 
 
@@ -222,7 +223,8 @@ def _det_section(study_dir: Path, summary: dict[str, Any]) -> Section:
 
 
 def _operating_point(summary: dict[str, Any]) -> Section:
-    """The best trial's threshold and its errors there: from its det.json, else its last epoch."""
+    """The best trial's threshold and its errors there: from its det.json, else from the epoch
+    its best checkpoint holds (train.threshold)."""
     s = Section("Operating point")
     best = summary.get("best")
     if not best:
@@ -233,18 +235,33 @@ def _operating_point(summary: dict[str, Any]) -> Section:
     if point:
         s.table = (list(point), [[fmt(v) for v in point.values()]])
         return s
-    last = best.get("last", {})
-    keys = [k for k in last if k.startswith("val_") or "threshold" in k]
-    s.text.append(f"Best trial {best['trial_id']} ({layers_text(best)}), its last epoch on the validation split:")
-    s.table = (keys, [[fmt(last[k]) for k in keys]])
+    metrics, threshold = best_epoch(best)
+    keys = [k for k in metrics if k.startswith("val_") or "threshold" in k]
+    s.text.append(f"Best trial {best['trial_id']} ({layers_text(best)}) at its best epoch "
+                  f"({fmt(metrics.get('epoch'))}) on the validation split, threshold {fmt(threshold)}:")
+    s.table = (["threshold", *keys], [[fmt(threshold), *(fmt(metrics[k]) for k in keys)]])
     return s
+
+
+def best_epoch(row: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
+    """(metrics of the epoch the run's best.pt holds, its train.threshold); the last epoch's
+    numbers when the checkpoint is gone."""
+    import torch
+
+    from raykd.checkpoint import BEST_FILE
+
+    for d in (Path(row.get("run_dir") or "") / "checkpoint", Path(row.get("checkpoint") or "")):
+        if (d / BEST_FILE).is_file():
+            state = torch.load(d / BEST_FILE, map_location="cpu", weights_only=True)
+            return state.get("metrics", {}), state["config"]["train"]["threshold"]
+    return row.get("last", {}), None
 
 
 # ----------------------------------------------------------------------------- rendering
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1em;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;
-text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+text-align:right}th{background:#f3f3f3}td.t,td:first-child,th:first-child{text-align:left}
 .box{padding:.6em 1em;border-radius:6px;border-left:6px solid #999;background:#f6f6f6}
 .helped{border-color:#2a2;background:#efe}.did-not-help{border-color:#c22;background:#fee}
 .inconclusive{border-color:#d90;background:#ffd}img{max-width:100%;border:1px solid #ddd}
@@ -262,7 +279,7 @@ def render_html(title: str, sections: list[Section]) -> str:
         if s.table:
             head, body = s.table
             parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
-                         + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in body)
+                         + "".join("<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in body)
                          + "</table>")
         for png, caption in s.images:
             data = base64.b64encode(png.read_bytes()).decode()
@@ -270,6 +287,15 @@ def render_html(title: str, sections: list[Section]) -> str:
                          f"<figcaption>{e(caption)}</figcaption></figure>")
         parts.append("</section>")
     return "\n".join(parts + ["</body></html>"])
+
+
+def _td(cell: str) -> str:
+    """Numbers align right, words (layers, names) left."""
+    try:
+        float(cell)
+        return f"<td>{html.escape(cell)}</td>"
+    except ValueError:
+        return f"<td class='t'>{html.escape(cell)}</td>"
 
 
 def render_markdown(title: str, sections: list[Section], root: Path) -> str:
