@@ -234,7 +234,8 @@ def _teacher_check(cfg: RaykdConfig, inputs: Inputs, study: dict[str, str],
     metric = cfg.search.metric
     scores = B.teacher_scores(inputs.teacher_dirs, inputs.val, cfg)
     for name, s in scores.items():
-        say(f"teacher {name}: {metric}={s[metric]:.4g} on the validation split")
+        shown = metric if metric in s else M.VAL_ACCURACY  # a metric teachers are not scored on
+        say(f"teacher {name}: {shown}={s[shown]:.4g} on the validation split")
     if study.get("uri"):
         T.MlflowLogger(study["uri"], study["parent_run_id"]).log_metrics(
             {f"teacher_{name}_{k}": v for name, s in scores.items() for k, v in s.items()}, step=0)
