@@ -261,7 +261,7 @@ def best_epoch(row: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1em;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;
-text-align:right}th{background:#f3f3f3}td.t,td:first-child,th:first-child{text-align:left}
+text-align:right}th{background:#f3f3f3}td.t,th.t,td:first-child,th:first-child{text-align:left}
 .box{padding:.6em 1em;border-radius:6px;border-left:6px solid #999;background:#f6f6f6}
 .helped{border-color:#2a2;background:#efe}.did-not-help{border-color:#c22;background:#fee}
 .inconclusive{border-color:#d90;background:#ffd}img{max-width:100%;border:1px solid #ddd}
@@ -278,7 +278,9 @@ def render_html(title: str, sections: list[Section]) -> str:
         parts += [f"<p>{e(t)}</p>" for t in s.text]
         if s.table:
             head, body = s.table
-            parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
+            text_cols = {i for i in range(len(head)) if any(r[i] and "class='t'" in _td(r[i]) for r in body)}
+            parts.append("<table><tr>" + "".join(f"<th{' class=t' if i in text_cols else ''}>{e(h)}</th>"
+                                                 for i, h in enumerate(head)) + "</tr>"
                          + "".join("<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in body)
                          + "</table>")
         for png, caption in s.images:
@@ -292,7 +294,7 @@ def render_html(title: str, sections: list[Section]) -> str:
 def _td(cell: str) -> str:
     """Numbers align right, words (layers, names) left."""
     try:
-        float(cell)
+        float(cell or "0")
         return f"<td>{html.escape(cell)}</td>"
     except ValueError:
         return f"<td class='t'>{html.escape(cell)}</td>"
