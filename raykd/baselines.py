@@ -143,6 +143,25 @@ def teacher_scores(teacher_dirs: dict[str, str], val: WaveformSet, cfg: RaykdCon
     return {name: score_set(teacher_scorer(t, device), val, cfg) for name, t in teachers.items()}
 
 
+def check_teachers(cfg: RaykdConfig, teacher_dirs: dict[str, str], val: WaveformSet, study: dict[str, str],
+                   say: Callable[[str], None]) -> dict[str, dict[str, float]]:
+    """Each teacher's validation score on the study metric, on the parent run and said before
+    the search (a teacher weaker than the student alone is the first thing to rule out)."""
+    from raykd import tracking as T
+
+    if not teacher_dirs:
+        return {}
+    metric = cfg.search.metric
+    scores = teacher_scores(teacher_dirs, val, cfg)
+    for name, s in scores.items():
+        shown = metric if metric in s else M.VAL_ACCURACY  # a metric teachers are not scored on
+        say(f"teacher {name}: {shown}={s[shown]:.4g} on the validation split")
+    if study.get("uri"):
+        T.MlflowLogger(study["uri"], study["parent_run_id"]).log_metrics(
+            {f"teacher_{name}_{k}": v for name, s in scores.items() for k, v in s.items()}, step=0)
+    return scores
+
+
 def weaker_teachers(teachers: dict[str, dict[str, float]], baselines: dict[str, dict[str, Any]],
                     metric: str, mode: str) -> list[str]:
     """One line per teacher that scores worse than the student alone (the first thing to rule out)."""

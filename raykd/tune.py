@@ -193,7 +193,7 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
         else:
             T.log_artifacts(uri, parent, [sdir / "search_space.yaml"])
         study.update(uri=uri, experiment_id=exp, parent_run_id=parent)
-    teachers = _teacher_check(cfg, inputs, study, say)
+    teachers = B.check_teachers(cfg, inputs.teacher_dirs, inputs.val, study, say)
 
     # Teachers and clips go to the object store once; every trial reads the same objects.
     shared = Inputs(ray.put(inputs.train), ray.put(inputs.val), inputs.teacher_dirs, inputs.dataset_key,
@@ -223,23 +223,6 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
 
 def _unfinished(grid: Any) -> bool:
     return any(r.error is None and not (r.metrics or {}).get("done") for r in grid)
-
-
-def _teacher_check(cfg: RaykdConfig, inputs: Inputs, study: dict[str, str],
-                   say: Callable[[str], None]) -> dict[str, dict[str, float]]:
-    """Each teacher's validation score on the study metric, on the parent run and printed
-    before the search (a teacher weaker than the student alone is the first thing to rule out)."""
-    if not inputs.teacher_dirs:
-        return {}
-    metric = cfg.search.metric
-    scores = B.teacher_scores(inputs.teacher_dirs, inputs.val, cfg)
-    for name, s in scores.items():
-        shown = metric if metric in s else M.VAL_ACCURACY  # a metric teachers are not scored on
-        say(f"teacher {name}: {shown}={s[shown]:.4g} on the validation split")
-    if study.get("uri"):
-        T.MlflowLogger(study["uri"], study["parent_run_id"]).log_metrics(
-            {f"teacher_{name}_{k}": v for name, s in scores.items() for k, v in s.items()}, step=0)
-    return scores
 
 
 def _run_baselines(cfg: RaykdConfig, trainable: Any, path: Path, epochs: int, resume: bool,

@@ -207,3 +207,22 @@ def test_a_trial_stopped_by_asha_is_finished_with_status_pruned(local_ray, tmp_p
         run = runs[r["trial_id"]]
         assert run.info.status == "FINISHED" and run.data.tags[T.STATUS_TAG] == r["status"]
     assert c.get_run(parent).info.status == "FINISHED"
+
+
+def test_baseline_configs_switch_distillation_off_and_change_only_the_seed(tmp_path):
+    from tests.tune.test_tune import SEARCH
+
+    raw = tiny_config(tmp_path)
+    raw["search"] = {**json.loads(json.dumps(SEARCH)), "baseline_seeds": 3}
+    cfg = config_from_dict(raw)
+    points = B.baseline_points(cfg)
+    assert [(p["raykd.baseline"], p["raykd.baseline_seed"]) for p in points] == [
+        ("student_alone", 0), ("student_alone", 1), ("student_alone", 2), ("logit_kd", 0), ("logit_kd", 1),
+        ("logit_kd", 2)]
+    alone, kd = B.baseline_config(cfg, points[2]), B.baseline_config(cfg, points[3])
+    assert not alone.distillation.enabled and alone.seed == 2 and alone.aligned_layers() == {}
+    assert kd.distillation.enabled and not kd.distillation.feature_alignment_enabled and kd.seed == 0
+    assert alone.train.epochs == kd.train.epochs == 2  # the trial budget, not train.epochs (6)
+    assert kd.train.lr == cfg.train.lr and kd.distillation.temperature == cfg.distillation.temperature
+    raw["search"]["baseline_seeds"] = 0
+    assert B.baseline_points(config_from_dict(raw)) == []
