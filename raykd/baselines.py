@@ -124,13 +124,18 @@ def teacher_scorer(teacher: torch.nn.Module, device: torch.device) -> Scorer:
 
 
 def score_set(scorer: Scorer, data: WaveformSet, cfg: RaykdConfig, batch: int = 64) -> dict[str, float]:
-    """The validation metrics of any Scorer on a split, in the names the trials report."""
+    """The validation metrics of any Scorer on a split, in the names and the way a trial reports
+    them (`raykd.train.validate`): CE loss and accuracy per clip at train.threshold, the rest by
+    streaming (`raykd.evaluate.evaluate_detector`): FRR, FA/h, the operating point, the DET summary."""
+    from raykd.evaluate import as_metrics, evaluate_detector
+
     probs = torch.cat([scorer(data.waves[i:i + batch]) for i in range(0, len(data), batch)]) if len(data) \
         else torch.empty(0)
-    det = M.detection_metrics(probs, data.labels, cfg.train.threshold, cfg.features.clip_seconds)
+    clips = M.detection_metrics(probs, data.labels, cfg.train.threshold, cfg.features.clip_seconds)
     p_label = torch.where(data.labels == 1, probs, 1 - probs).clamp_min(1e-7)
-    return {M.VAL_LOSS: float(-p_label.log().mean()) if len(data) else 0.0, M.VAL_ACCURACY: det.accuracy,
-            M.VAL_FRR: det.frr, M.VAL_FA_PER_HOUR: det.fa_per_hour}
+    report = evaluate_detector(scorer, data, cfg.features, cfg.eval, cfg.train.threshold)
+    return {M.VAL_LOSS: float(-p_label.log().mean()) if len(data) else 0.0, M.VAL_ACCURACY: clips.accuracy,
+            **as_metrics(report)}
 
 
 def teacher_scores(teacher_dirs: dict[str, str], val: WaveformSet, cfg: RaykdConfig) -> dict[str, dict[str, float]]:

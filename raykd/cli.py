@@ -191,6 +191,8 @@ def train(config: Path, set_: Optional[list[str]] = SetOpt,
     if out.mapping:
         console.print(f"layer map (teacher layer -> student tap): {out.mapping}")
     console.print(f"checkpoint: {out.checkpoint_dir}")
+    if (run_dir / "det.json").is_file():
+        console.print(f"DET of the best epoch: {run_dir / 'det.json'} and det.png")
     if out.status != "completed":
         raise typer.Exit(1)
 
@@ -332,7 +334,8 @@ def retrain(study_dir: Path, set_: Optional[list[str]] = SetOpt) -> None:
     cfg = _load(best_cfg, set_)
     out = fit(cfg, study_dir / "retrain", on_epoch=lambda row: console.print(
         f"epoch {row['epoch']}: val_accuracy={_fmt(row.get('val_accuracy'))} "
-        f"val_fa_per_hour={_fmt(row.get('val_fa_per_hour'))}", highlight=False), progress=_progress)
+        f"val_fa_per_hour={_fmt(row.get('val_fa_per_hour'))} "
+        f"val_frr_at_target={_fmt(row.get('val_frr_at_target'))}", highlight=False), progress=_progress)
     console.print(_epoch_table(out.history, f"retrain {cfg.name}: {out.status}"))
     console.print(f"checkpoint: {out.checkpoint_dir}  (export it: raykd export {study_dir / 'retrain'})")
 

@@ -17,12 +17,19 @@ VAL_LOSS = "val_loss"
 VAL_ACCURACY = "val_accuracy"
 VAL_FRR = "val_frr"
 VAL_FA_PER_HOUR = "val_fa_per_hour"
+# The operating point on the validation stream (raykd.detect): "val_" + raykd.evaluate's keys.
+VAL_FRR_AT_TARGET = "val_frr_at_target"
+VAL_THRESHOLD_AT_TARGET = "val_threshold_at_target"
+VAL_FA_PER_HOUR_AT_TARGET = "val_fa_per_hour_at_target"
+VAL_DET_MEAN_FRR = "val_det_mean_frr"
+VAL_NEGATIVE_HOURS = "val_negative_hours"
 VRAM_PEAK_MB = "vram_peak_mb"  # GPU: torch.cuda.max_memory_allocated, max over ranks
 RSS_PEAK_MB = "rss_peak_mb"  # CPU: process peak resident set size, max over ranks
 DIVERGED = "diverged"  # 1.0 when the loop stopped on divergence
 OOM = "oom"  # 1.0 when the loop stopped on out-of-memory
 STATUS = "status"  # completed | diverged | oom (a string, reported alongside)
-EPOCH_SECONDS = "epoch_seconds"
+EPOCH_SECONDS = "epoch_seconds"  # training only
+VAL_SECONDS = "val_seconds"  # validation (clips + streaming) wall time
 
 PENALTY = "penalty"  # a metric's worst value is the config's train.divergence.penalty
 
@@ -37,6 +44,7 @@ class Metric:
     worst: float | str | None  # reported when the run failed; PENALTY = train.divergence.penalty
     label: str
     shown: bool = True  # a column of the CLI's epoch table
+    searchable: bool = True  # a validation metric a study may optimise (`search.metric`)
 
 
 # The one metric table: the loop's rows, the CLI's tables, export/eval and the validation of
@@ -49,17 +57,23 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("train_align", "min", None, "feature alignment term"),
     Metric(VAL_LOSS, "min", PENALTY, "validation cross-entropy"),
     Metric(VAL_ACCURACY, "max", 0.0, "validation accuracy"),
-    Metric(VAL_FRR, "min", 1.0, "validation false-reject rate"),
-    Metric(VAL_FA_PER_HOUR, "min", PENALTY, "validation false accepts per hour"),
+    Metric(VAL_FRR, "min", 1.0, "validation false-reject rate (streamed, at train.threshold)"),
+    Metric(VAL_FA_PER_HOUR, "min", PENALTY, "validation false accepts per hour (at train.threshold)"),
+    Metric(VAL_FRR_AT_TARGET, "min", 1.0, "validation FRR at eval.target_fa_per_hour"),
+    Metric(VAL_THRESHOLD_AT_TARGET, "min", 1.0, "threshold meeting eval.target_fa_per_hour", searchable=False),
+    Metric(VAL_FA_PER_HOUR_AT_TARGET, "min", PENALTY, "validation FA/h at that threshold", shown=False),
+    Metric(VAL_DET_MEAN_FRR, "min", 1.0, "mean FRR over FA/h targets 0.1..10 (DET summary)"),
+    Metric(VAL_NEGATIVE_HOURS, "max", None, "hours of negative validation audio", shown=False, searchable=False),
     Metric(VRAM_PEAK_MB, "min", None, "peak GPU memory (MB)"),
     Metric(RSS_PEAK_MB, "min", None, "peak process RSS (MB)"),
     Metric(EPOCH_SECONDS, "min", None, "epoch wall time (s)", shown=False),
+    Metric(VAL_SECONDS, "min", None, "validation wall time (s)", shown=False, searchable=False),
     Metric(DIVERGED, "min", None, "1 = diverged", shown=False),
     Metric(OOM, "min", None, "1 = out of memory", shown=False),
 )}
 
 # What a study may optimise: validation metrics with a direction.
-SEARCHABLE = tuple(n for n in METRICS if n.startswith("val_"))
+SEARCHABLE = tuple(n for n, m in METRICS.items() if n.startswith("val_") and m.searchable)
 
 
 def failed_row(penalty: float) -> dict[str, float]:

@@ -95,7 +95,7 @@ def run_distillation(cfg: RaykdConfig, inputs: Inputs, run_dir: Path, callbacks:
     job = LoopJob(cfg, inputs.train, inputs.val, inputs.teacher_dirs, inputs.teacher_cache,
                   str(run_dir.resolve()), tracking, str(trace_dir) if trace_dir else None)
     if cfg.scaling.num_workers == 0:
-        return finish(run_loop(job, InProcessSession(get_checkpoint), list(loggers)), None, run_dir)
+        return finish(run_loop(job, InProcessSession(get_checkpoint), list(loggers)), None, run_dir, tracking)
 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -121,13 +121,15 @@ def run_distillation(cfg: RaykdConfig, inputs: Inputs, run_dir: Path, callbacks:
     result = trainer.fit()
     value = result.return_value or {}
     if result.checkpoint is None:
-        return finish(value, None, run_dir)
+        return finish(value, None, run_dir, tracking)
     with result.checkpoint.as_directory() as d:
-        return finish(value, Path(d), run_dir)
+        return finish(value, Path(d), run_dir, tracking)
 
 
-def finish(value: dict[str, Any], src: Path | None, run_dir: Path) -> TrainOutcome:
-    """Copy Ray's final checkpoint to run_dir/checkpoint (atomically) and write history.json."""
+def finish(value: dict[str, Any], src: Path | None, run_dir: Path,
+           tracking: dict[str, str] | None = None) -> TrainOutcome:
+    """Copy Ray's final checkpoint to run_dir/checkpoint (atomically), write history.json, and
+    the best model's DET (det.json + det.png, logged on the run's MLflow run when tracked)."""
     ckpt_dir = run_dir / "checkpoint"
     if src is not None:
         with atomic_dir(ckpt_dir) as tmp:
@@ -135,8 +137,34 @@ def finish(value: dict[str, Any], src: Path | None, run_dir: Path) -> TrainOutco
     ckpt_dir = ckpt_dir if ckpt_dir.is_dir() else None
     history = value.get("history", [])
     (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+    write_det(ckpt_dir, run_dir, tracking)
     return TrainOutcome(value.get("status", "completed"), history, value.get("best", {}), ckpt_dir,
                         value.get("mapping", {}))
+
+
+DET_FILE, DET_PLOT = "det.json", "det.png"
+
+
+def write_det(ckpt_dir: Path | None, run_dir: Path, tracking: dict[str, str] | None) -> list[Path]:
+    """run_dir/det.json and det.png from the DET that best.pt carries (measured when that epoch
+    was validated: nothing is scored again). Returns the files written (none without a DET)."""
+    from raykd.checkpoint import BEST_FILE
+    from raykd.plots import det_plot
+
+    best = ckpt_dir / BEST_FILE if ckpt_dir is not None else None
+    det = torch.load(best, map_location="cpu", weights_only=True).get("det") if best and best.is_file() else None
+    if not det:
+        for stale in (DET_FILE, DET_PLOT):  # from an earlier run in this folder
+            (run_dir / stale).unlink(missing_ok=True)
+        return []
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / DET_FILE).write_text(json.dumps(det, indent=1))
+    paths = [run_dir / DET_FILE, det_plot(det, run_dir / DET_PLOT)]
+    if tracking:
+        from raykd import tracking as T
+
+        T.log_artifacts(tracking["uri"], tracking["run_id"], paths, "det")
+    return paths
 
 
 def fit(cfg: RaykdConfig, run_dir: Path, inputs: Inputs | None = None,

@@ -93,6 +93,39 @@ def study_plots(cfg: RaykdConfig, rows: list[dict[str, Any]], out: Path) -> list
     return paths
 
 
+def det_plot(det: dict[str, Any], path: Path) -> Path:
+    """FRR against false accepts per hour (log x) of one model, its operating point marked.
+    det: a det.json record (raykd.evaluate.det_record). FA/h = 0 points sit at the left edge."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hours = det["negative_hours"]
+    floor = 0.5 / hours if hours > 0 else 0.01  # half of one trigger: where "0 FA/h" is drawn
+    # The lower envelope: the best FRR at FA/h <= x (what `operating_point` picks for target x).
+    xs, ys = [], []
+    for fa, frr in sorted((max(fa, floor), frr) for _, frr, fa in det["points"]):
+        if not ys or frr < ys[-1]:
+            xs.append(fa)
+            ys.append(frr)
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    ax.step(xs + [max(xs[-1], det["target_fa_per_hour"]) * 2], ys + ys[-1:], where="post", color="tab:blue")
+    op_fa = max(det["fa_per_hour_at_target"], floor)
+    ax.scatter([op_fa], [det["frr_at_target"]], color="tab:red", zorder=3,
+               label=f"threshold {det['threshold_at_target']:.3f}: FRR {det['frr_at_target']:.3f}")
+    ax.axvline(det["target_fa_per_hour"], color="tab:red", ls="--", lw=0.8,
+               label=f"target {det['target_fa_per_hour']:g} FA/h")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"false accepts per hour ({hours:.2f} h of negative audio)")
+    ax.set_ylabel("false-reject rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"DET (mean FRR 0.1-10 FA/h: {det['det_mean_frr']:.3f})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _norm(v: Any, all_v: list[Any]) -> float:
     """Place a value in [0, 1] among all trials' values (booleans and categories included)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):

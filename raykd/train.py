@@ -29,13 +29,15 @@ from torch import nn
 
 from raykd import metrics as M
 from raykd.checkpoint import BEST_FILE, CHECKPOINT_FILE, CHECKPOINT_FORMAT
-from raykd.config import RaykdConfig
+from raykd.config import RaykdConfig, SearchConfig
 from raykd.data.augment import spec_augment
 from raykd.data.dataset import WaveformSet
 from raykd.data.features import LogMel
+from raykd.detect import torch_scorer
 from raykd.distill.cache import n_views, view_index
 from raykd.distill.losses import DistillLoss, layer_mapping
 from raykd.distill.targets import Shapes, TeacherTargets, open_targets
+from raykd.evaluate import as_metrics, det_record, evaluate_detector
 from raykd.fsutil import atomic_dir
 from raykd.layer_keys import projector_key
 from raykd.loggers import MetricLogger, worker_loggers
@@ -66,6 +68,7 @@ class LoopState:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=dict)
     best_state: dict[str, torch.Tensor] | None = None
+    best_det: dict[str, Any] | None = None  # the best epoch's DET record (det.json)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -133,8 +136,9 @@ def _get(x: Any) -> Any:
 
 
 def objective(cfg: RaykdConfig) -> tuple[str, str]:
-    """(metric, mode) that picks the best epoch: the study's metric, else validation accuracy."""
-    return (cfg.search.metric, cfg.search.mode) if cfg.search else (M.VAL_ACCURACY, "max")
+    """(metric, mode) that picks the best epoch: the study's, else the default search metric."""
+    search = cfg.search or SearchConfig()
+    return search.metric, search.mode
 
 
 def build_model(cfg: RaykdConfig, shapes: Shapes) -> tuple[StudentWithProjectors, dict[str, dict[int, int]]]:
@@ -160,10 +164,21 @@ def get_batch(targets: TeacherTargets, labels: torch.Tensor, b: torch.Tensor, ep
     return waves, labels[b].to(device), t_out
 
 
-@torch.no_grad()
+VAL_BATCH = 128  # streamed windows per forward pass in validation (no faster above, on CPU)
+
+
 def evaluate(model: nn.Module, data: WaveformSet, logmel: LogMel, cfg: RaykdConfig,
              device: torch.device) -> dict[str, float]:
-    """CE loss, accuracy, FRR and false accepts per hour on a whole split."""
+    """Validation metrics of a whole split (see `validate`)."""
+    return validate(model, data, logmel, cfg, device)[0]
+
+
+@torch.no_grad()
+def validate(model: nn.Module, data: WaveformSet, logmel: LogMel, cfg: RaykdConfig,
+             device: torch.device) -> tuple[dict[str, float], dict[str, Any]]:
+    """(metrics, DET record). CE loss and accuracy per clip at train.threshold; FRR, FA/h (at
+    train.threshold), the operating point for eval.target_fa_per_hour and the DET summary by
+    streaming (raykd.detect) over positive clips, negative clips and the split's streams."""
     model.eval()
     probs, losses = [], []
     for i in range(0, len(data), cfg.train.batch_size):
@@ -172,22 +187,25 @@ def evaluate(model: nn.Module, data: WaveformSet, logmel: LogMel, cfg: RaykdConf
         logits, _ = model(logmel(waves))
         losses.append(F.cross_entropy(logits, labels, reduction="sum").item())
         probs.append(logits.softmax(-1)[:, 1].cpu())
+    clips = M.detection_metrics(torch.cat(probs), data.labels, cfg.train.threshold, cfg.features.clip_seconds)
+    report = evaluate_detector(torch_scorer(model, logmel, device), data, cfg.features, cfg.eval,
+                               cfg.train.threshold, batch=VAL_BATCH)
     model.train()
-    det = M.detection_metrics(torch.cat(probs), data.labels, cfg.train.threshold, cfg.features.clip_seconds)
-    return {M.VAL_LOSS: sum(losses) / max(len(data), 1), M.VAL_ACCURACY: det.accuracy,
-            M.VAL_FRR: det.frr, M.VAL_FA_PER_HOUR: det.fa_per_hour}
+    metrics = {M.VAL_LOSS: sum(losses) / max(len(data), 1), M.VAL_ACCURACY: clips.accuracy}
+    return {**metrics, **as_metrics(report)}, det_record(report, cfg.eval)
 
 
 def save_checkpoint(d: Path, cfg: RaykdConfig, model: StudentWithProjectors, optimizer: torch.optim.Optimizer,
                     divergence: Divergence, epoch: int, history: list, best: dict, best_state: dict | None,
-                    mapping: dict) -> None:
+                    mapping: dict, best_det: dict | None = None) -> None:
     """A checkpoint carries its own config and architecture: nothing else rebuilds the student."""
     common = {"format": CHECKPOINT_FORMAT, "config": cfg.model_dump(mode="json"), "mapping": mapping}
     state = {**common, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "divergence": divergence.state_dict(), "history": history, "best": best, "best_state": best_state}
+             "divergence": divergence.state_dict(), "history": history, "best": best, "best_state": best_state,
+             "best_det": best_det}
     torch.save(state, d / CHECKPOINT_FILE)
     if best_state is not None:
-        torch.save({**common, "model": best_state, "metrics": best}, d / BEST_FILE)
+        torch.save({**common, "model": best_state, "metrics": best, "det": best_det}, d / BEST_FILE)
 
 
 def write_checkpoint(final: Path | None, *args: Any) -> str:
@@ -240,7 +258,8 @@ def resume(session: Any, model: nn.Module, optimizer: torch.optim.Optimizer, div
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     divergence.load_state_dict(state["divergence"])
-    return LoopState(state["epoch"] + 1, state["history"], state["best"], state.get("best_state"))
+    return LoopState(state["epoch"] + 1, state["history"], state["best"], state.get("best_state"),
+                     state.get("best_det"))
 
 
 def run_loop(job: LoopJob, session: Any, extra_loggers: list[MetricLogger] = ()) -> dict[str, Any]:
@@ -281,7 +300,8 @@ def run_loop(job: LoopJob, session: Any, extra_loggers: list[MetricLogger] = ())
     trace.start(state.start_epoch)
 
     # 5. Epochs: train, evaluate, checkpoint (rank 0), log.
-    status, history, best, best_state = "completed", state.history, state.best, state.best_state
+    status, history, best, best_state, best_det = "completed", state.history, state.best, state.best_state, \
+        state.best_det
     metric, mode = objective(cfg)
     g = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000 + rank)
     for epoch in range(state.start_epoch, cfg.train.epochs):
@@ -290,17 +310,18 @@ def run_loop(job: LoopJob, session: Any, extra_loggers: list[MetricLogger] = ())
         trace.epoch(epoch, idx)
         status, means = train_epoch(model, core, optimizer, loss_fn, divergence, targets, train_set.labels,
                                     idx, epoch, logmel, g, cfg, device, distributed)
-        row = epoch_row(core, val_set, logmel, cfg, device, distributed, status, means, epoch, t0)
+        row, det = epoch_row(core, val_set, logmel, cfg, device, distributed, status, means, epoch, t0)
         history.append(row)
         if status == "completed" and M.better(row[metric], best.get(metric), mode):
-            best = dict(row)
+            best, best_det = dict(row), {**det, M.EPOCH: epoch + 1}
             best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
         ckpt_dir = None
         if is_rank0:
             # In process: straight to run_dir/checkpoint (atomically), so a crash keeps the last
             # good one. Under Ray: a temp dir that Ray persists to its storage.
             ckpt_dir = write_checkpoint(Path(job.run_dir) / "checkpoint" if session.in_process else None,
-                                        cfg, core, optimizer, divergence, epoch, history, best, best_state, mapping)
+                                        cfg, core, optimizer, divergence, epoch, history, best, best_state, mapping,
+                                        best_det)
         for lg in loggers:
             lg.log(row, epoch + 1, ckpt_dir)
         if status != "completed":
@@ -350,21 +371,26 @@ def train_epoch(model: nn.Module, core: StudentWithProjectors, optimizer: torch.
 
 def epoch_row(core: StudentWithProjectors, val_set: WaveformSet, logmel: LogMel, cfg: RaykdConfig,
               device: torch.device, distributed: bool, status: str, means: dict[str, float], epoch: int,
-              t0: float) -> dict[str, Any]:
-    """The epoch's metrics (every rank computes the same; report is a barrier). A failed epoch
-    reports finite worst values: Optuna and ASHA cannot rank NaN."""
+              t0: float) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The epoch's metrics (every rank computes the same; report is a barrier) and its DET
+    record (None for a failed epoch). A failed epoch reports finite worst values: Optuna and
+    ASHA cannot rank NaN."""
     if distributed:
         _sync_buffers(core)
     mem_name, mem_mb = peak_memory_mb(device)
     (mem_mb,) = _all_max([mem_mb], device, distributed)
     row: dict[str, Any] = {M.EPOCH: epoch + 1, mem_name: mem_mb, M.EPOCH_SECONDS: time.perf_counter() - t0}
+    det = None
     if status == "completed":
         row.update({M.term_metric(k): v for k, v in means.items()})
         row[M.TRAIN_LOSS] = row.get(M.term_metric("total"), 0.0)
-        row.update(evaluate(core, val_set, logmel, cfg, device))
+        t1 = time.perf_counter()
+        metrics, det = validate(core, val_set, logmel, cfg, device)
+        row.update(metrics)
+        row[M.VAL_SECONDS] = time.perf_counter() - t1
     else:
         row.update(M.failed_row(cfg.train.divergence.penalty))
     row[M.DIVERGED] = float(status == "diverged")
     row[M.OOM] = float(status == "oom")
     row[M.STATUS] = status
-    return row
+    return row, det

@@ -22,6 +22,7 @@ from raykd import baselines as B
 from raykd import metrics as M
 from raykd import tracking as T
 from raykd.baselines import baseline_config
+from raykd.pipeline import DET_FILE, DET_PLOT, write_det  # a trial's DET at the end of a study
 from raykd.config import LayerSubsetParam, RaykdConfig, SearchConfig, absolute_paths, with_updates
 from raykd.errors import UserError
 from raykd.fsutil import atomic_dir
@@ -316,6 +317,9 @@ def summarise(cfg: RaykdConfig, grid: Any, sdir: Path, study: dict[str, str], ep
         best = (max if search.mode == "max" else min)(ok, key=lambda r: r[search.metric])
     # trials.json holds the search's trials only: what the searcher saw, what importance reads
     (sdir / "trials.json").write_text(json.dumps(rows, indent=1, default=str))
+    for r in rows + baselines:  # a run that Tune stopped never reached pipeline.finish: its DET, from best.pt
+        if r.get("checkpoint"):
+            write_det(Path(r["checkpoint"]), sdir / "trials" / r["trial_id"], None)
     best_dir = write_best(cfg, best, sdir) if best else None
     summary = B.study_summary(cfg, baselines, best, teachers or {}, len(rows), interrupted)
     B.write_study_summary(sdir, summary)
@@ -349,10 +353,14 @@ def write_best(cfg: RaykdConfig, best: dict[str, Any], sdir: Path) -> Path:
     return final
 
 
+def trial_dir(study: dict[str, str], row: dict[str, Any]) -> Path:
+    return Path(study["dir"]) / "trials" / row["trial_id"]
+
+
 def _finish_mlflow(cfg: RaykdConfig, rows: list[dict[str, Any]], study: dict[str, str], summary: dict[str, Any],
                    plots: list[Path], files: list[Path], interrupted: bool) -> None:
-    """Status tags on every child run (trials and baselines), no run left RUNNING; on the parent
-    the best trial, the baselines, distillation_gain, the plots, study.json and the report."""
+    """Status tags and DET files on every child run (trials and baselines), no run left RUNNING;
+    on the parent the best trial, the baselines, distillation_gain, the plots, study.json, the report."""
     c = T.client(study["uri"])
     for r in rows:
         found = c.search_runs([study["experiment_id"]], max_results=1,
@@ -363,13 +371,17 @@ def _finish_mlflow(cfg: RaykdConfig, rows: list[dict[str, Any]], study: dict[str
         run = found[0]
         log = T.MlflowLogger(study["uri"], run.info.run_id)
         log.set_tags({T.STATUS_TAG: r["status"], T.CHECKPOINT_TAG: str(r.get("checkpoint"))})
+        det = [p for p in (trial_dir(study, r) / DET_FILE, trial_dir(study, r) / DET_PLOT) if p.is_file()]
+        T.log_artifacts(study["uri"], run.info.run_id, det, "det")
         if run.info.status == "RUNNING" or r["status"] != "interrupted":
             log.close(T.run_status(r["status"]))
     parent = T.MlflowLogger(study["uri"], study["parent_run_id"])
     metrics, tags = T.study_results(summary)
     parent.log_metrics(metrics, step=0)
     parent.set_tags(tags)
-    T.log_artifacts(study["uri"], study["parent_run_id"], plots, "plots")
+    best = summary.get("best")
+    best_det = [trial_dir(study, best) / DET_PLOT] if best and (trial_dir(study, best) / DET_PLOT).is_file() else []
+    T.log_artifacts(study["uri"], study["parent_run_id"], plots + best_det, "plots")
     T.log_artifacts(study["uri"], study["parent_run_id"], files)
     # An interrupted study is closed as KILLED (never left RUNNING); --resume reopens it.
     parent.set_tags({T.STATUS_TAG: "interrupted" if interrupted else "completed"})

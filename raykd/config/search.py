@@ -157,8 +157,8 @@ class SearchConfig(Strict):
     params: dict[str, SearchParam] = {}
     num_samples: int = Field(12, ge=1)
     max_concurrent: int = Field(2, ge=1)
-    metric: str = "val_accuracy"
-    mode: Literal["min", "max"] = "max"
+    metric: str = "val_frr_at_target"  # FRR at eval.target_fa_per_hour on the validation stream
+    mode: Literal["min", "max"] = "min"
     seed: int = 0
     sampler: Literal["tpe", "random"] = "tpe"  # Optuna sampler (random: the baseline benchmarks compare to)
     asha: AshaConfig = AshaConfig()

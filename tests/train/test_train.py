@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -55,7 +57,24 @@ def test_raykd_train_cli_improves_val_accuracy(tiny_project, tmp_path):
     best = torch.load(run_dir / "checkpoint" / BEST_FILE, weights_only=False)
     rebuilt = build_student(config_from_dict(best["config"]).student, cfg.features.n_mels)
     rebuilt.load_state_dict({k[len("student."):]: v for k, v in best["model"].items() if k.startswith("student.")})
-    assert best["metrics"][M.VAL_ACCURACY] == best_acc
+    # The best epoch is the first with the lowest FRR at the target FA/h (the default objective).
+    want = min(history, key=lambda r: r[M.VAL_FRR_AT_TARGET])
+    assert best["metrics"][M.EPOCH] == want[M.EPOCH] and best["metrics"] == want
+    assert best["det"]["epoch"] == want[M.EPOCH] and best["det"]["frr_at_target"] == want[M.VAL_FRR_AT_TARGET]
+
+    # The final model's DET: det.json beside the checkpoint, and the plot on the run's MLflow run.
+    det = json.loads((run_dir / "det.json").read_text())
+    assert det == best["det"] and len(det["points"]) > 100
+    assert det["threshold_at_target"] == want[M.VAL_THRESHOLD_AT_TARGET] and det["fa_per_hour_at_target"] <= 0.5
+    assert det["negative_hours"] == pytest.approx(inputs.val.negative_seconds / 3600)
+    from mlflow import MlflowClient
+
+    c = MlflowClient(cfg.tracking.uri)
+    runs = c.search_runs([c.get_experiment_by_name(cfg.tracking.experiment).experiment_id],
+                         filter_string=f"tags.`raykd.best_checkpoint` = '{run_dir / 'checkpoint'}'")
+    assert len(runs) == 1
+    assert {a.path for a in c.list_artifacts(runs[0].info.run_id, "det")} == {"det/det.json", "det/det.png"}
+    assert runs[0].data.metrics[M.VAL_FRR_AT_TARGET] == history[-1][M.VAL_FRR_AT_TARGET]
 
 
 def test_baseline_and_logit_only_modes(tiny_project, tmp_path):

@@ -52,13 +52,16 @@ def test_teachers_are_scored_like_trials_and_a_weaker_one_is_named(tmp_path):
 
     cfg = config_from_dict(tiny_config(tmp_path))
     labels = torch.tensor([1, 1, 0, 0, 0, 1])
-    waves = labels[:, None].float() * torch.ones(6, 160)  # a wakeword clip is loud, the others silent
-    data = WaveformSet(waves, labels, ["s"] * 6, [f"c{i}.wav" for i in range(6)])
-    perfect = B.score_set(lambda w: (w.abs().mean(1) > 0.5).float() * 0.98 + 0.01, data, cfg)
+    # a wakeword clip is a loud burst, the others (and a minute-long stream) silent
+    waves = labels[:, None].float() * torch.ones(6, cfg.features.clip_samples)
+    data = WaveformSet(waves, labels, ["s"] * 6, [f"c{i}.wav" for i in range(6)],
+                       streams=[torch.zeros(60 * cfg.features.sample_rate)])
+    perfect = B.score_set(lambda w: (w.abs().amax(1) > 0.5).float() * 0.98 + 0.01, data, cfg)
     assert perfect["val_accuracy"] == 1.0 and perfect["val_frr"] == 0.0 and perfect["val_fa_per_hour"] == 0.0
+    assert perfect["val_frr_at_target"] == 0.0 and perfect["val_negative_hours"] > 60 / 3600
     assert math.isclose(perfect["val_loss"], -math.log(0.99), rel_tol=1e-5)
     deaf = B.score_set(lambda w: torch.full((w.shape[0],), 0.2), data, cfg)
-    assert deaf["val_accuracy"] == 0.5 and deaf["val_frr"] == 1.0
+    assert deaf["val_accuracy"] == 0.5 and deaf["val_frr"] == 1.0 and deaf["val_frr_at_target"] == 1.0
 
     alone = B.baseline_summary(baseline_rows("val_accuracy", {"student_alone": [0.8, 0.9]}), "val_accuracy")
     lines = B.weaker_teachers({"wav2vec2": perfect, "conformer": deaf}, alone, "val_accuracy", "max")
@@ -99,7 +102,7 @@ def make_study(root: Path) -> Path:
     from tests.tune.test_tune import SEARCH
 
     raw = tiny_config(root, name="report")
-    raw["search"] = json.loads(json.dumps(SEARCH))
+    raw["search"] = {**json.loads(json.dumps(SEARCH)), "metric": "val_accuracy", "mode": "max"}
     cfg = config_from_dict(raw)
     sdir = root / "runs" / "report"
     (sdir / "plots").mkdir(parents=True)
@@ -141,7 +144,7 @@ def test_report_is_self_contained_and_says_whether_distillation_helped(tmp_path)
     assert h2 == [line[3:] for line in md.splitlines() if line.startswith("## ")]
     assert {"Baselines", "Teachers", "Trials", "Layer importance", "DET curves", "Operating point"} <= set(h2)
     assert page.count("data:image/png;base64,") >= 4 and "src='plots" not in page and "src='http" not in page
-    assert "](plots/det.png)" in md and (sdir / "plots" / "det.png").is_file()
+    assert "](plots/det_vs_baseline.png)" in md and (sdir / "plots" / "det_vs_baseline.png").is_file()
     assert "0.6" in md.split("## Operating point")[1]  # the best trial's det.json operating point
 
 
@@ -178,7 +181,8 @@ def test_a_trial_stopped_by_asha_is_finished_with_status_pruned(local_ray, tmp_p
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     raw = tiny_config(tmp_path, name="asha")
-    raw["search"] = {"params": {"train.lr": {"type": "categorical", "choices": [0.01, 0.001]}}, "trial_epochs": 3}
+    raw["search"] = {"params": {"train.lr": {"type": "categorical", "choices": [0.01, 0.001]}}, "trial_epochs": 3,
+                     "metric": "val_accuracy", "mode": "max"}
     cfg = config_from_dict(raw)
     exp = T.experiment_id(uri, "tests")
     parent = T.find_or_create_run(uri, exp, tags={}, match={T.STUDY_TAG: "asha", T.KIND_TAG: "study"}, name="asha")

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from raykd import metrics as M
 from raykd.cli import app
 from raykd.presets import tiny_config
 
@@ -81,36 +82,38 @@ def test_smoke_study_end_to_end(tiny_project, local_ray, tmp_path):
     table = res.output[res.output.index("trials (best"):]
     positions = [table.index(label) for label in ("student_alone s0", "logit_kd s1", trials[0]["trial_id"])]
     assert positions == sorted(positions), "baselines come first in the trial table"
-    assert "wav2vec2: 2,4,6" in table and "val_accuracy ↑" in table
-    # distillation_gain: best trial minus the best baseline's mean (higher is better here)
+    assert "wav2vec2: 2,4,6" in table and "val_frr_at_target ↓" in table  # the default metric, lower is better
+    # distillation_gain: the best baseline's mean minus the best trial (lower is better here)
     gain, per = summary["distillation_gain"], summary["baseline_summary"]
-    best_value = max(r["val_accuracy"] for r in trials if r["status"] in ("completed", "pruned"))
-    against = max(per, key=lambda n: per[n]["mean"])
-    assert gain["against"] == against and math.isclose(gain["value"], best_value - per[against]["mean"])
+    best_value = min(r[M.VAL_FRR_AT_TARGET] for r in trials if r["status"] in ("completed", "pruned"))
+    against = min(per, key=lambda n: per[n]["mean"])
+    assert gain["against"] == against and math.isclose(gain["value"], per[against]["mean"] - best_value,
+                                                       abs_tol=1e-12)
     assert math.isclose(gain["spread"], statistics.stdev(per[against]["values"]))
     assert "distillation_gain" in res.output and summary["verdict"].split(":")[0] in res.output
     # the teacher check: each teacher scored on the study metric
     assert set(summary["teachers"]) == {"wav2vec2", "conformer"}
-    assert all(0.0 <= t["val_accuracy"] <= 1.0 for t in summary["teachers"].values())
+    assert all(0.0 <= t[M.VAL_FRR_AT_TARGET] <= 1.0 and 0.0 <= t["val_accuracy"] <= 1.0
+               for t in summary["teachers"].values())
 
     c, parents, children = child_runs(root / "mlflow.db", "e2e")
     assert len(parents) == 1 and len(children) == 4
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert c.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
-    assert math.isclose(parent.data.metrics["distillation_gain"], gain["value"])
-    assert "distillation_gain_spread" in parent.data.metrics and "best_val_accuracy" in parent.data.metrics
-    assert "teacher_conformer_val_accuracy" in parent.data.metrics
-    assert "baseline_student_alone_val_accuracy" in parent.data.metrics
+    assert math.isclose(parent.data.metrics["distillation_gain"], gain["value"], abs_tol=1e-12)
+    assert "distillation_gain_spread" in parent.data.metrics and "best_val_frr_at_target" in parent.data.metrics
+    assert "teacher_conformer_val_frr_at_target" in parent.data.metrics
+    assert "baseline_student_alone_val_frr_at_target" in parent.data.metrics
     assert parent.data.tags["raykd.best_trial"] and "mlflow.note.content" in parent.data.tags
     arts = {a.path for a in c.list_artifacts(parent.info.run_id, "plots")}
-    assert {"plots/layer_effect.png", "plots/memory_vs_layers.png", "plots/trials.png"} <= arts
+    assert {"plots/layer_effect.png", "plots/memory_vs_layers.png", "plots/trials.png", "plots/det.png"} <= arts
     assert {"report.html", "report.md", "study.json"} <= {a.path for a in c.list_artifacts(parent.info.run_id)}
     base = baseline_runs(root / "mlflow.db", "e2e")
     assert sorted(r.data.tags["raykd.baseline"] for r in base) == ["logit_kd"] * 2 + ["student_alone"] * 2
     for r in base:
         assert r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert "val_accuracy" in r.data.metrics
+        assert M.VAL_FRR_AT_TARGET in r.data.metrics
         assert r.data.params["distillation.enabled"] == ("False" if r.data.tags["raykd.baseline"] == "student_alone"
                                                          else "True")
     for ch in children:
@@ -118,6 +121,9 @@ def test_smoke_study_end_to_end(tiny_project, local_ray, tmp_path):
         assert ch.data.tags["raykd.status"] in ("completed", "pruned")
         assert "rss_peak_mb" in ch.data.metrics and "train_ce" in ch.data.metrics
         assert "wav2vec2.layers" in ch.data.params and "train.lr" in ch.data.params
+        # every trial's final model: its DET curve and operating point on its own run
+        assert {a.path for a in c.list_artifacts(ch.info.run_id, "det")} == {"det/det.json", "det/det.png"}
+        assert M.VAL_FRR_AT_TARGET in ch.data.metrics and M.VAL_THRESHOLD_AT_TARGET in ch.data.metrics
         assert ch.data.tags["mlflow.parentRunId"] == parent.info.run_id
 
     # the report: self-contained, names the baselines, printed at the end of `raykd tune`
@@ -172,7 +178,7 @@ def test_one_diverging_trial_does_not_stop_the_study(tiny_project, local_ray, tm
     assert by_lr[1.0e6] and by_lr[0.01]
     for r in by_lr[1.0e6]:
         assert r["status"] == "diverged" and r["last"]["diverged"] == 1.0
-        assert math.isfinite(r["val_accuracy"]) and r["epochs"] < 3
+        assert math.isfinite(r[M.VAL_FRR_AT_TARGET]) and r["epochs"] < 3  # the default search metric
     for r in by_lr[0.01]:
         assert r["status"] == "completed" and r["epochs"] == 3 and r["last"]["diverged"] == 0.0
     c, _, children = child_runs(root / "mlflow.db", "diverge")
@@ -218,7 +224,7 @@ def test_interrupted_study_resumes_without_losing_or_repeating_trials(tiny_proje
     after = {r["trial_id"]: r for r in json.loads((sdir / "trials.json").read_text())}
     assert len(after) == 4 and all(r["status"] in ("completed", "pruned") for r in after.values())
     for tid, r in done_before.items():  # kept, and not run again (same epochs, same result)
-        assert after[tid]["epochs"] == r["epochs"] and after[tid]["val_accuracy"] == r["val_accuracy"]
+        assert after[tid]["epochs"] == r["epochs"] and after[tid][M.VAL_FRR_AT_TARGET] == r[M.VAL_FRR_AT_TARGET]
         progress = next((sdir / "tune").glob(f"run_trial_{tid}_*")) / "progress.csv"
         assert len(progress.read_text().strip().splitlines()) == 1 + r["epochs"], "a finished trial ran again"
     _, parents, children = child_runs(root / "mlflow.db", "resume")
