@@ -219,6 +219,10 @@ def tune(config: Path, set_: Optional[list[str]] = SetOpt,
         console.print(f"best trial {out.best['trial_id']}: {cfg.search.metric}={_fmt(out.best[cfg.search.metric])}"
                       f" -> {out.best_dir}")
     _verdict(out.summary)
+    from raykd.report import importance_notes
+
+    for line in importance_notes(out.study_dir / "plots"):  # layer effects, and how sure they are
+        console.print(escape(line), highlight=False, soft_wrap=True)
     console.print(f"report: {out.report}")
     console.print(f"MLflow: `mlflow ui --backend-store-uri {_uri(cfg)}` (experiment {cfg.tracking.experiment})")
     if out.interrupted:

@@ -7,34 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from raykd import metrics as M
-from raykd.config import LayerSubsetParam, RaykdConfig
-from raykd.layer_keys import layer_param, parse_layer_param
+from raykd.config import RaykdConfig
+from raykd.importance import Importance, layer_importance
+from raykd.layer_keys import parse_layer_param
 
-
-
-def layer_effects(cfg: RaykdConfig, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per candidate layer: mean metric of trials with it on minus trials with it off.
-
-    Only trials that produced the metric count (completed or pruned); a layer never on, or
-    never off, has no effect estimate (None).
-    """
-    metric = cfg.search.metric
-    done = [r for r in rows if r.get(metric) is not None and r["status"] in ("completed", "pruned")]
-    out: dict[str, dict[str, Any]] = {}
-    for key, p in cfg.search.params.items():
-        if not isinstance(p, LayerSubsetParam):
-            continue
-        for layer in p.candidates:
-            name = layer_param(key, layer)
-            on = [r[metric] for r in done if _layer_on(r, cfg, key, layer)]
-            off = [r[metric] for r in done if not _layer_on(r, cfg, key, layer)]
-            effect = (sum(on) / len(on) - sum(off) / len(off)) if on and off else None
-            out[name] = {"effect": effect, "n_on": len(on), "n_off": len(off)}
-    return out
-
-
-def _layer_on(row: dict[str, Any], cfg: RaykdConfig, teacher: str, layer: int) -> bool:
-    return bool(row["params"].get(layer_param(teacher, layer), False))
+VERDICT_COLOURS = {"helps": "tab:green", "hurts": "tab:red", "inconclusive": "0.55", "untested": "0.75"}
 
 
 def n_aligned(row: dict[str, Any]) -> int:
@@ -42,26 +19,17 @@ def n_aligned(row: dict[str, Any]) -> int:
 
 
 def study_plots(cfg: RaykdConfig, rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    """Writes layer_effect.png/.json, memory_vs_layers.png, trials.png into out; returns the paths."""
+    """Writes layer_effect.png/.json (effects with intervals, raykd.importance), memory_vs_layers.png,
+    trials.png into out; returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metric = cfg.search.metric
-    paths = []
-    effects = layer_effects(cfg, rows)
-    (out / "layer_effect.json").write_text(json.dumps(effects, indent=1))
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(effects) + 2), 3.5))
-    names = list(effects)
-    vals = [effects[n]["effect"] or 0.0 for n in names]
-    ax.bar(names, vals, color=["tab:green" if v > 0 else "tab:red" for v in vals])
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_ylabel(f"mean {metric}: layer on - off")
-    ax.set_title("Which teacher layers helped")
-    ax.tick_params(axis="x", rotation=45)
-    fig.tight_layout()
-    paths += [out / "layer_effect.json", _save(fig, out / "layer_effect.png")]
+    imp = layer_importance(rows, cfg.search, seed=cfg.search.seed)
+    (out / "layer_effect.json").write_text(json.dumps(imp.to_json(), indent=1))
+    paths = [out / "layer_effect.json", layer_effect_plot(imp, out / "layer_effect.png")]
 
     done = [r for r in rows if r.get("last")]
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -122,6 +90,56 @@ def det_plot(det: dict[str, Any], path: Path) -> Path:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"DET (mean FRR 0.1-10 FA/h: {det['det_mean_frr']:.3f})")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def layer_effect_plot(imp: Importance, path: Path) -> Path:
+    """Each candidate layer's effect with its interval; inconclusive ones hollow and grey.
+
+    Left: the effects (metric units, other parameters held equal), green = helps, red = hurts
+    (direction-aware), grey = the interval crosses zero; a layer with too few trials on one
+    side is named at zero as untested. Right, when there are enough trials: Optuna's PED-ANOVA
+    importance of every searched parameter, a second opinion that ranks but gives no sign.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # callable on its own (the report), headless
+    import matplotlib.pyplot as plt
+
+    effects = imp.effects
+    shares = imp.optuna.get("ped_anova", {})
+    height = max(2.5, 0.35 * max(len(effects), len(shares)) + 1.5)
+    fig, axes = plt.subplots(1, 2 if shares else 1, figsize=(11 if shares else 6.5, height), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 2]} if shares else None)
+    ax = axes[0][0]
+    ys = list(range(len(effects)))[::-1]  # the space's order, top to bottom
+    for y, e in zip(ys, effects):
+        colour = VERDICT_COLOURS[e.verdict]
+        if e.effect is None:
+            ax.annotate(f"{e.verdict} ({e.n_on} on / {e.n_off} off)", (0, y), ha="center", va="center",
+                        fontsize=8, color="0.4")
+            continue
+        ax.errorbar(e.effect, y, xerr=[[e.effect - e.low], [e.high - e.effect]], fmt="o", capsize=3,
+                    color=colour, mfc=colour if e.verdict in ("helps", "hurts") else "white")
+        ax.annotate(f"{e.n_on} on / {e.n_off} off: {e.verdict}",
+                    (e.high, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7, color=colour)
+    if not effects:
+        ax.annotate("no layer_subset in the search", (0.5, 0.5), xycoords="axes fraction", ha="center")
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(ys, [f"{e.teacher} L{e.layer}" for e in effects])
+    better = "higher" if imp.mode == "max" else "lower"
+    ax.set_xlabel(f"change in {imp.metric} with the layer on ({better} is better)")
+    ax.set_title(f"Layer effects, other parameters held equal: {imp.n_trials} trials, "
+                 f"{imp.level:.0%} simultaneous intervals", fontsize=9)
+    ax.margins(x=0.25)
+    if shares:
+        ax2 = axes[0][1]
+        names = sorted(shares, key=shares.get)
+        ax2.barh(names, [shares[n] for n in names], color="tab:blue")
+        ax2.set_xlabel("share of importance (Optuna PED-ANOVA)")
+        ax2.set_title("Which parameters mattered (no sign)", fontsize=9)
+        ax2.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     return _save(fig, path)
 

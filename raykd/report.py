@@ -120,10 +120,9 @@ def _plots(study_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any]])
     if importance is None:
         imp.text.append("No layer-importance plot (the search space has no layer subsets, or no trial finished).")
     else:
-        caption = ("Mean metric with each layer on minus off: no intervals, noise looks like a finding "
-                   "with few trials." if importance.name == "layer_effect.png" else "Layer importance")
-        imp.images.append((importance, caption))
-        imp.text += _importance_notes(plots)
+        imp.images.append((importance, "Each layer's effect on the study metric with the other parameters "
+                                       "held equal, with its interval; grey = inconclusive"))
+        imp.text += importance_notes(plots)
     out.append(imp)
     if (plots / "memory_vs_layers.png").is_file():
         out.append(Section("Memory against aligned layers", images=[(plots / "memory_vs_layers.png",
@@ -137,9 +136,9 @@ def _plots(study_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any]])
     return out
 
 
-def _importance_notes(plots: Path) -> list[str]:
-    """What an importance JSON beside the plot says (its `summary`/`notes` lines), if any."""
-    for name in ("layer_importance.json", "importance.json"):
+def importance_notes(plots: Path) -> list[str]:
+    """What the layer-importance JSON beside the plot says (raykd.importance's summary lines)."""
+    for name in ("layer_effect.json", "layer_importance.json", "importance.json"):
         path = plots / name
         if path.is_file():
             data = json.loads(path.read_text())

@@ -267,21 +267,15 @@ def _new_tuner(cfg: RaykdConfig, trainable: Any, sdir: Path, epochs: int) -> Any
     """A fresh Tuner: seeded Optuna (define-by-run, the guide's point first), ASHA, the backstop."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
+
+    from raykd.searcher import make_searcher
 
     search = cfg.search
-    from optuna.samplers import RandomSampler, TPESampler
-
     point = guide_point(search)
     points = ([point] if point else []) + [dict(p) for p in search.initial_points]
-    searcher = OptunaSearch(
-        # a partial, not a lambda: Tune pickles the searcher into its experiment checkpoint
-        space=functools.partial(define_space, search=search), metric=search.metric, mode=search.mode,
-        points_to_evaluate=points or None,
-        # TPE starts with random trials (Optuna's default: 10); on a small budget that would be
-        # the whole study, so a third of the budget (2..10) is random, the rest model-guided.
-        sampler=(TPESampler(seed=search.seed, n_startup_trials=max(2, min(10, search.num_samples // 3)))
-                 if search.sampler == "tpe" else RandomSampler(seed=search.seed)))
+    # TPE (multivariate, grouped, constant liar) or random; ASHA's stops reach Optuna as pruned.
+    # The space is a partial, not a lambda: Tune pickles the searcher into its checkpoint.
+    searcher = make_searcher(search, functools.partial(define_space, search=search), epochs, points)
     scheduler = (ASHAScheduler(time_attr=M.EPOCH, max_t=epochs, grace_period=min(search.asha.grace_period, epochs),
                                reduction_factor=search.asha.reduction_factor)
                  if search.asha.enabled else None)
