@@ -101,8 +101,9 @@ def gain_sentence(gain: dict | None, metric: str) -> str:
     """The verdict in one plain sentence (the terminal, the report, the parent run's note)."""
     if gain is None:
         return "distillation_gain: not measured (no baseline or no finished trial)"
-    head = (f"distillation_gain {gain['value']:+.4g} {metric} (spread {gain['spread']:.2g} over "
-            f"{gain['n_seeds']} seed{'s' if gain['n_seeds'] != 1 else ''} of {gain['against']})")
+    seeds = f"{gain['n_seeds']} seed{'s' if gain['n_seeds'] != 1 else ''}"
+    head = (f"distillation_gain {gain['value']:+.4g} {metric} (best trial {gain['best']:.4g} vs {gain['against']} "
+            f"{gain['baseline_mean']:.4g} +/- {gain['spread']:.2g} over {seeds})")
     if gain["verdict"] == "did not help":
         return f"{head}: distillation did not help - the best trial is no better than {gain['against']}"
     if gain["verdict"] == "inconclusive":
