@@ -204,8 +204,12 @@ def tune(config: Path, set_: Optional[list[str]] = SetOpt,
          smoke: bool = typer.Option(False, "--smoke", help="A few short trials on a small dataset."),
          address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local Ray).")) -> None:
     """Search layer subsets and distillation weights: Ray Tune + Optuna, every trial in MLflow."""
+    import optuna
+
     from raykd.config import with_updates
     from raykd.tune import SMOKE_UPDATES, run_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "A new study created" INFO line
 
     cfg = _load(config, set_)
     if cfg.search is None:
