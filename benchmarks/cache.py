@@ -53,6 +53,7 @@ STUDY_SEARCH = {
         "train.lr": {"type": "loguniform", "low": 0.002, "high": 0.03},
     },
     "num_samples": 4, "max_concurrent": 1, "trial_epochs": 3, "asha": {"enabled": False}, "seed": 0,
+    "baseline_seeds": 0,  # the study's trials are timed with and without the cache: no baselines
 }
 
 

@@ -56,7 +56,8 @@ def run_one(base: dict[str, Any], root: Path, name: str, sampler: str, seed: int
     raw = {**base, "name": name,
            "search": {"params": SPACE, "num_samples": args.budget, "max_concurrent": 1,
                       "trial_epochs": args.trial_epochs, "asha": {"enabled": False}, "sampler": sampler,
-                      "seed": seed, "metric": args.metric, "mode": args.mode}}
+                      "seed": seed, "metric": args.metric, "mode": args.mode,
+                      "baseline_seeds": 0}}  # the samplers are compared, not distillation: no baselines
     path = root / "studies" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -35,7 +37,11 @@ def _quiet() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    for name in ("ray.train", "ray.tune", "ray.train.v2", "mlflow", "alembic"):
+    # Tune's new output engine prints its own banners (the experiment configuration box, the
+    # TensorBoard hint, a final trial table) whatever the verbosity; the legacy engine at
+    # verbose=0 prints nothing, and raykd renders its own table.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    for name in ("ray.train", "ray.tune", "ray.train.v2", "mlflow", "alembic", "optuna"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set train.lr=0.01 (repeatable).")
@@ -83,7 +89,10 @@ def _load(path: Path, overrides: Optional[list[str]]) -> RaykdConfig:
 
 
 def _progress(msg: str) -> None:
-    console.print(f"[dim]{escape(msg)}[/dim]", highlight=False)
+    if msg.startswith("warning: "):  # the library's warnings (a teacher weaker than the student alone)
+        console.print(f"[yellow]warning:[/yellow] {escape(msg[len('warning: '):])}", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"[dim]{escape(msg)}[/dim]", highlight=False)
 
 
 def _epoch_table(rows: list[dict[str, Any]], title: str) -> Table:
@@ -230,29 +239,48 @@ def tune(config: Path, set_: Optional[list[str]] = SetOpt,
          address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local Ray).")) -> None:
     """Search layer subsets and distillation weights: Ray Tune + Optuna, every trial in MLflow."""
     cfg = _load(config, set_)  # config errors at once, before importing Ray Tune
+    import optuna
+
     from raykd.config import with_updates
     from raykd.tune import SMOKE_UPDATES, run_study
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "A new study created" INFO line
     if cfg.search is None:
         raise ConfigError([f"search: {config} has no search block; `raykd train` runs a single config"])
     if smoke:
         cfg = with_updates(cfg, SMOKE_UPDATES)
     out = run_study(cfg, config, resume=resume, address=address, progress=_progress)
-    _trials_table(cfg.search.metric, cfg.search.mode, out.rows)
+    console.print(_trials_table(cfg.search.metric, cfg.search.mode, out.rows, baselines=out.baselines,
+                                width=console.width))
     if out.best_dir:
         console.print(f"best trial {out.best['trial_id']}: {cfg.search.metric}={_fmt(out.best[cfg.search.metric])}"
                       f" -> {S.join(out.remote, 'best') if out.remote else out.best_dir}")
+    _verdict(out.summary)
+    from raykd.report import importance_notes
+
+    for line in importance_notes(out.study_dir / "plots"):  # layer effects, and how sure they are
+        console.print(escape(line), highlight=False, soft_wrap=True)
+    console.print(f"report: {out.report}")
     console.print(f"MLflow: `mlflow ui --backend-store-uri {_uri(cfg)}` (experiment {cfg.tracking.experiment})")
-    if not any(r["status"] in ("completed", "pruned", "diverged", "oom") for r in out.rows):
-        errors = sorted(out.study_dir.glob("tune/*/error.txt"))
-        err.print(f"[red]error:[/red] no trial finished; the first trial's error: "
-                  f"{errors[0].read_text().strip().splitlines()[-1] if errors else 'unknown'}", highlight=False)
-        raise typer.Exit(1)
     if out.interrupted:
         again = " ".join([f"raykd tune {shlex.quote(str(config))}"] + [f"--set {shlex.quote(o)}" for o in set_ or []]
                          + (["--smoke"] if smoke else []) + ["--resume"])
         err.print(f"[yellow]interrupted:[/yellow] state saved; continue with `{again}`", highlight=False)
         raise typer.Exit(130)
+    if not any(r["status"] in ("completed", "pruned", "diverged", "oom") for r in out.rows):
+        errors = sorted(out.study_dir.glob("tune/*/error.txt"))
+        err.print(f"[red]error:[/red] no trial finished; the first trial's error: "
+                  f"{errors[0].read_text().strip().splitlines()[-1] if errors else 'unknown'}", highlight=False)
+        raise typer.Exit(1)
+
+
+def _verdict(summary: dict) -> None:
+    """distillation_gain with its spread, said plainly; teachers weaker than the student alone."""
+    gain = summary.get("distillation_gain")
+    colour = {"helped": "green", "did not help": "red"}.get((gain or {}).get("verdict"), "yellow")
+    console.print(f"[{colour}]{escape(summary.get('verdict', ''))}[/{colour}]", highlight=False, soft_wrap=True)
+    for line in summary.get("weaker_teachers", []):
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def _check_trials_json(trials: Path, study_dir: Path) -> None:
@@ -280,19 +308,53 @@ def _uri(cfg: RaykdConfig) -> str:
     return tracking_uri(cfg)
 
 
-def _trials_table(metric: str, mode: str, rows: list[dict], top: int = 10) -> None:
-    sign = -1.0 if mode == "max" else 1.0  # best first, whichever way is better
-    ranked = sorted(rows, key=lambda r: (r.get(metric) is None, sign * (r.get(metric) or 0.0)))
+def _trials_table(metric: str, mode: str, rows: list[dict], top: int = 10,
+                  baselines: list[dict] | None = None, width: int = 100) -> Table:
+    """Baselines first, then the best `top` trials; layers as lists ("wav2vec2: 2,4,6"). Fits
+    `width` columns (a 100-column terminal): parameter columns that would not fit are left out,
+    and the caption says where they are."""
+    from raykd.results import trial_table
+
+    baselines = baselines or []
+    headers, cells = trial_table(metric, mode, baselines, rows, top)
+    # One teacher's layers stay on one line ("wav2vec2: 1,2,4,6,12;"), the rest may wrap.
+    layers_width = min(32, max((len(part) + 1 for row in cells for part in row[4].split("; ")), default=6))
+    for n in range(len(headers), 4, -1):  # drop parameter columns from the right until it fits
+        table = _table(metric, mode, len(rows), top, len(baselines), headers[:n], [r[:n] for r in cells],
+                       layers_width)
+        if _fits(table, width):
+            break
+    if n < len(headers):
+        table.caption = f"{len(headers) - n} more parameter(s): `raykd report` or trials.json"
+    return table
+
+
+def _fits(table: Table, width: int) -> bool:
+    """Rendered `width` wide, does the table lose nothing (wrapped, not cropped or cut with '…')?"""
+    def chars(w: int) -> list[str]:
+        c = Console(width=w, record=True, file=open(os.devnull, "w"))
+        c.print(table)
+        # box-drawing rules span the table's width: only the text counts
+        return sorted(ch for ch in c.export_text() if not ch.isspace() and not "\u2500" <= ch <= "\u257f")
+
+    return chars(width) == chars(10_000)
+
+
+def _table(metric: str, mode: str, n_rows: int, top: int, n_baselines: int, headers: list[str],
+           cells: list[list[str]], layers_width: int) -> Table:
     arrow = "higher" if mode == "max" else "lower"
-    table = Table(title=f"trials (best {min(top, len(rows))} of {len(rows)} by {metric}, {arrow} is better)")
-    keys = sorted({k for r in rows for k in r.get("params", {})})
-    for c in ["trial", "status", "epochs", metric, *keys]:
-        table.add_column(c, justify="right")
-    for r in ranked[:top]:
-        p = r.get("params", {})
-        table.add_row(r["trial_id"], r["status"], str(r.get("epochs", "")), _fmt(r.get(metric)),
-                      *[_fmt(p.get(k)) for k in keys])
-    console.print(table)
+    table = Table(title=f"trials (best {min(top, n_rows)} of {n_rows} by {metric}, {arrow} is better"
+                        + (f"; {n_baselines} baseline runs first" if n_baselines else "") + ")",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for i, h in enumerate(headers):
+        # parameter names wrap between words (feature / alignment / weight): as narrow as a value
+        narrow = max(6, *(len(w) for w in h.split("_")), *(len(r[i]) for r in cells)) if i > 4 else None
+        table.add_column(h.replace("_", " ") if i > 4 else h, justify="left" if i in (0, 1, 4) else "right",
+                         no_wrap=i in (0, 1, 2, 3), overflow="fold", min_width=layers_width if i == 4 else None,
+                         max_width=narrow)
+    for j, row in enumerate(cells):
+        table.add_row(*row, end_section=j == n_baselines - 1)
+    return table
 
 
 @app.command()
@@ -301,13 +363,27 @@ def best(study_dir: str) -> None:
     """Show a finished study's trials, best first (STUDY_DIR: a folder or an s3:// / gs:// URI)."""
     import json
 
-    with S.local_copy(study_dir, ["trials.json", "search_space.yaml"]) as local:
+    with S.local_copy(study_dir, ["trials.json", "search_space.yaml", "study.json"]) as local:
         trials = local / "trials.json"
         _check_trials_json(trials, local)
         if not trials.is_file():
             raise UserError(f"{S.join(study_dir, 'trials.json')}: no finished study here (run `raykd tune` first)")
+        from raykd.baselines import read_study_summary
+
         cfg = load_config(local / "search_space.yaml")
-        _trials_table(cfg.search.metric, cfg.search.mode, json.loads(trials.read_text()), top=1000)
+        baselines = (read_study_summary(local) or {}).get("baselines", [])
+        console.print(_trials_table(cfg.search.metric, cfg.search.mode, json.loads(trials.read_text()), top=1000,
+                                    baselines=baselines, width=console.width))
+
+
+@app.command()
+@user_errors
+def report(study_dir: Path) -> None:
+    """Write a finished study's report: report.html (self-contained) and report.md, in STUDY_DIR."""
+    from raykd.report import write_report
+
+    html_path, md_path = write_report(study_dir)
+    console.print(f"report: {html_path}\nmarkdown: {md_path}")
 
 
 @app.command()

@@ -18,10 +18,17 @@ from raykd.errors import UserError
 
 TRIAL_TAG = "raykd.trial_id"
 STUDY_TAG = "raykd.study"
-STATUS_TAG = "raykd.status"  # completed | diverged | oom | pruned | error
-KIND_TAG = "raykd.kind"  # study | trial | train | export
+STATUS_TAG = "raykd.status"  # completed | diverged | oom | pruned | error | interrupted
+KIND_TAG = "raykd.kind"  # study | trial | baseline | train | export
+BASELINE_TAG = "raykd.baseline"  # student_alone | logit_kd (kind: baseline)
+SEED_TAG = "raykd.seed"
 CHECKPOINT_TAG = "raykd.best_checkpoint"
 PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (Markdown)
+# MLflow 3 opens an experiment on the page its kind names; untagged, it may guess GenAI
+# (traces, tokens). raykd's experiments hold training runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def tracking_uri(cfg: RaykdConfig) -> str:
@@ -84,9 +91,55 @@ def client(uri: str):
 
 
 def experiment_id(uri: str, name: str) -> str:
+    """The experiment's id (created if new), tagged as one of training runs."""
     c = client(uri)
     exp = c.get_experiment_by_name(name)
-    return exp.experiment_id if exp else c.create_experiment(name)
+    if exp is None:
+        return c.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older raykd, or by hand
+        _retry(c.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def run_status(status: str) -> str:
+    """A trial's raykd status -> the MLflow run status. A pruned trial (ASHA stopped it: merely
+    poor) finished normally; only a crash is FAILED, an interrupted trial KILLED."""
+    return {"error": "FAILED", "interrupted": "KILLED"}.get(status, "FINISHED")
+
+
+def study_results(summary: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    """The parent run's metrics and tags from study.json: best trial, baselines, distillation_gain."""
+    metric = summary["metric"]
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    best = summary.get("best")
+    if best:
+        metrics[f"best_{metric}"] = best[metric]
+        tags["raykd.best_trial"] = best["trial_id"]
+    for name, s in summary.get("baseline_summary", {}).items():
+        metrics.update({f"baseline_{name}_{metric}": s["mean"], f"baseline_{name}_{metric}_std": s["std"]})
+    gain = summary.get("distillation_gain")
+    if gain:
+        metrics.update(distillation_gain=gain["value"], distillation_gain_spread=gain["spread"])
+        tags["raykd.distillation"] = gain["verdict"]
+    tags[NOTE_TAG] = summary_note(summary)
+    return metrics, tags
+
+
+def summary_note(summary: dict[str, Any]) -> str:
+    """The parent run's description: the verdict, the baselines, the teachers, in Markdown."""
+    metric = summary["metric"]
+    lines = [f"**{summary['verdict']}**", "", f"| run | {metric} |", "|---|---|"]
+    best = summary.get("best")
+    if best:
+        lines.append(f"| best trial {best['trial_id']} | {best[metric]:.4g} |")
+    for name, s in summary.get("baseline_summary", {}).items():
+        lines.append(f"| baseline {name} ({s['n']} seeds) | {s['mean']:.4g} +/- {s['std']:.2g} |")
+    for name, s in summary.get("teachers", {}).items():
+        if metric in s:
+            lines.append(f"| teacher {name} | {s[metric]:.4g} |")
+    lines += [""] + [f"- {w}" for w in summary.get("weaker_teachers", [])]
+    return "\n".join(lines).strip() + "\n\nFull report: artifact `report.html`."
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:

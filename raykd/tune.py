@@ -10,28 +10,26 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-from ray.tune import Callback
-from ray.tune.stopper import Stopper
 
+from raykd import baselines as B
 from raykd import metrics as M
 from raykd import tracking as T
-from raykd.checkpoint import BEST_FILE
-from raykd.pipeline import DET_FILE, DET_PLOT, write_det  # a trial's DET at the end of a study
+from raykd.baselines import baseline_config
 from raykd.config import LayerSubsetParam, RaykdConfig, SearchConfig, absolute_paths, with_updates
 from raykd.errors import UserError
-from raykd.locks import study_guard  # (kept apart from the lines below: they change in other branches)
 from raykd.fsutil import atomic_dir
-from raykd.loggers import CHECKPOINT_PATH, TuneLogger
-from raykd.pipeline import Inputs, ensure_ray, prepare, run_distillation
-from raykd.sessions import release_placement_groups
+from raykd.locks import study_guard
+from raykd.loggers import TuneLogger
+from raykd.pipeline import DET_FILE, DET_PLOT, Inputs, ensure_ray, prepare, run_distillation, write_det
+from raykd.results import BASELINE_PARAM, BASELINE_SEED_PARAM, result_rows
 from raykd.storage import is_uri, join, pull_study, upload_dir
+from raykd.tune_callbacks import Backstop, study_callbacks
 
 # A smoke study: the same code path, a few short trials on a small dataset.
 SMOKE_UPDATES: dict[str, Any] = {
@@ -93,7 +91,8 @@ def run_trial(params: dict[str, Any], base: RaykdConfig, inputs: Inputs, study: 
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    cfg = trial_config(base, params)
+    baseline = params.get(BASELINE_PARAM)  # a baseline run: a fixed config, not an Optuna trial
+    cfg = baseline_config(base, params) if baseline else trial_config(base, params)
     ctx = ray.tune.get_context()
     trial_id = ctx.get_trial_id()
     run_dir = Path(study["dir"]) / "trials" / trial_id
@@ -102,10 +101,13 @@ def run_trial(params: dict[str, Any], base: RaykdConfig, inputs: Inputs, study: 
 
     tracking = None
     if study.get("uri"):
-        run_id = T.find_or_create_run(
-            study["uri"], study["experiment_id"],
-            tags={T.PARENT_TAG: study["parent_run_id"], T.KIND_TAG: "trial"},
-            match={T.TRIAL_TAG: trial_id, T.STUDY_TAG: study["name"]}, name=trial_id)
+        tags = {T.PARENT_TAG: study["parent_run_id"], T.KIND_TAG: "baseline" if baseline else "trial"}
+        name = trial_id
+        if baseline:
+            tags.update({T.BASELINE_TAG: baseline, T.SEED_TAG: str(cfg.seed)})
+            name = f"baseline-{baseline}-seed{cfg.seed}"
+        run_id = T.find_or_create_run(study["uri"], study["experiment_id"], tags=tags,
+                                      match={T.TRIAL_TAG: trial_id, T.STUDY_TAG: study["name"]}, name=name)
         tracking = {"uri": study["uri"], "run_id": run_id}
 
     if cfg.scaling.num_workers == 0:
@@ -116,52 +118,6 @@ def run_trial(params: dict[str, Any], base: RaykdConfig, inputs: Inputs, study: 
         run_distillation(cfg, inputs, run_dir, callbacks=[TuneReportCallback()], tracking=tracking)
     if tracking:
         T.MlflowLogger(**tracking).close("FINISHED")
-
-
-class ReleaseWorkers(Callback):
-    """When a Ray Train trial ends by any path (completed, pruned by ASHA, errored), remove
-    its worker group's placement group if Ray left it alive, before the next trial needs it."""
-
-    def __init__(self, trials_dir: str):
-        self.trials_dir = trials_dir
-
-    def _release(self, trial: Any) -> None:
-        release_placement_groups(Path(self.trials_dir) / trial.trial_id)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._release(trial)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._release(trial)
-
-
-class UploadStudy(Callback):
-    """A study on a bucket: after each trial, mirror the local working folder (the parent of
-    Tune's dir, wherever a resume put it) to the bucket, changed files only."""
-
-    def __init__(self, remote: str):
-        self.remote = remote
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        try:
-            upload_dir(Path(trial.storage.experiment_fs_path).parent, self.remote)
-        except OSError as e:  # a network blip must not end the study: the final upload retries
-            logging.getLogger(__name__).warning("upload to %s failed, retried at the end: %s", self.remote, e)
-
-    on_trial_error = on_trial_complete
-
-
-class Backstop(Stopper):
-    """Tune stopper: a trial that reports diverged/oom, or reaches its epochs, stops."""
-
-    def __init__(self, epochs: int):
-        self.epochs = epochs
-
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        return bool(result.get(M.DIVERGED) or result.get(M.OOM) or result.get(M.EPOCH, 0) >= self.epochs)
-
-    def stop_all(self) -> bool:
-        return False
 
 
 # ----------------------------------------------------------------------------- the study
@@ -176,6 +132,12 @@ class StudyOutcome:
     parent_run_id: str | None
     interrupted: bool = False  # Ctrl-C / SIGINT: state saved, continue with --resume
     remote: str | None = None  # the study's bucket URI when storage_path is one (study_dir mirrors it)
+    baselines: list[dict[str, Any]] = field(default_factory=list)  # rows of the baseline runs
+    summary: dict[str, Any] = field(default_factory=dict)  # study.json: baselines, gain, teachers
+    report: Path | None = None  # report.html
+
+
+BASELINE_TUNER = "baselines"  # <study>/baselines: the baseline runs' own Tuner
 
 
 def study_dir(cfg: RaykdConfig) -> Path:
@@ -194,19 +156,22 @@ def remote_study(cfg: RaykdConfig) -> str | None:
 @study_guard(study_dir)  # GPUs exist, folder writable, one study per name at a time (raykd.locks)
 def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address: str | None = None,
               progress: Callable[[str], None] | None = None) -> StudyOutcome:
-    """Tune the search space; leaves <storage>/<name>/{best/, trials.json} and the MLflow study."""
+    """Baselines, then the search; leaves <storage>/<name>/{best/, trials.json, study.json,
+    report.html} and the MLflow study."""
     import ray
     from ray import tune
 
     cfg = absolute_paths(cfg)  # trials run in their own directories
     search = cfg.search or SearchConfig()
+    say = progress or (lambda msg: None)
     sdir, remote = study_dir(cfg), remote_study(cfg)
     if remote:
         pull_study(remote, sdir, resume)
-    tuner_dir = sdir / "tune"
-    if resume and not tune.Tuner.can_restore(str(tuner_dir)):
+    tuner_dir, baseline_dir = sdir / "tune", sdir / BASELINE_TUNER
+    started = [d for d in (tuner_dir, baseline_dir) if d.exists()]
+    if resume and not any(tune.Tuner.can_restore(str(d)) for d in (tuner_dir, baseline_dir)):
         raise UserError(f"--resume: no study to resume at {join(remote, 'tune') if remote else tuner_dir}")
-    if not resume and tuner_dir.exists():
+    if not resume and started:
         raise UserError(f"study {cfg.name} already exists at {sdir}: resume it with --resume, "
                               f"or pick another name with --set name=...")
 
@@ -230,6 +195,7 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
         else:
             T.log_artifacts(uri, parent, [sdir / "search_space.yaml"])
         study.update(uri=uri, experiment_id=exp, parent_run_id=parent)
+    teachers = B.check_teachers(cfg, inputs.teacher_dirs, inputs.val, study, say)
 
     # Teachers and clips go to the object store once; every trial reads the same objects.
     shared = Inputs(ray.put(inputs.train), ray.put(inputs.val), inputs.teacher_dirs, inputs.dataset_key,
@@ -241,20 +207,70 @@ def run_study(cfg: RaykdConfig, config_path: Path, resume: bool = False, address
         tune.with_parameters(run_trial, base=cfg, inputs=shared, study=study), per_trial)
     epochs = search.trial_epochs or cfg.train.epochs
 
-    if resume:
+    baseline_grid, interrupted = _run_baselines(cfg, trainable, baseline_dir, epochs, resume, say)
+    if interrupted:  # Ctrl-C during the baselines: the search has not started
+        return _finish_study(summarise(cfg, [], sdir, study, epochs, True, baseline_grid, teachers), remote)
+    _say_baselines(cfg, baseline_grid, epochs, teachers, say)
+    if resume and tune.Tuner.can_restore(str(tuner_dir)):
         tuner = tune.Tuner.restore(str(tuner_dir), trainable=trainable, resume_unfinished=True,
                                    restart_errored=True)
     else:
         tuner = _new_tuner(cfg, trainable, sdir, epochs, remote)  # restore keeps its callbacks
+    say(f"search: {search.num_samples} trials of {epochs} epochs")
     grid = tuner.fit()
     # Tune returns normally on Ctrl-C; a finished trial's last result has done=True.
-    interrupted = len(grid) < search.num_samples or any(
-        r.error is None and not (r.metrics or {}).get("done") for r in grid)
-    out = summarise(cfg, grid, sdir, study, epochs, interrupted)
-    if remote:  # trials.json, best/, plots and Tune's final state
-        upload_dir(sdir, remote)
+    interrupted = len(grid) < search.num_samples or _unfinished(grid)
+    return _finish_study(summarise(cfg, grid, sdir, study, epochs, interrupted, baseline_grid, teachers), remote)
+
+
+def _finish_study(out: StudyOutcome, remote: str | None) -> StudyOutcome:
+    """A study on a bucket: trials.json, best/, plots, report and Tune's final state go up."""
+    if remote:
+        upload_dir(out.study_dir, remote)
         out.remote = remote
     return out
+
+
+def _unfinished(grid: Any) -> bool:
+    return any(r.error is None and not (r.metrics or {}).get("done") for r in grid)
+
+
+def _run_baselines(cfg: RaykdConfig, trainable: Any, path: Path, epochs: int, resume: bool,
+                   say: Callable[[str], None]) -> tuple[Any, bool]:
+    """The baseline runs, before the search, as Tune trials with fixed configs in a Tuner of
+    their own (no scheduler: each runs the whole trial budget; Optuna never sees them)."""
+    from ray import tune
+
+    points = B.baseline_points(cfg)
+    if not points:
+        return [], False
+    search = cfg.search
+    if resume and tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, restart_errored=True)
+    else:
+        say(f"baselines: {', '.join(B.baseline_names(cfg))} x {search.baseline_seeds} seeds, {epochs} epochs each")
+        tuner = tune.Tuner(
+            trainable,
+            param_space={BASELINE_PARAM: tune.grid_search(B.baseline_names(cfg)),
+                         BASELINE_SEED_PARAM: tune.grid_search(list(range(search.baseline_seeds)))},
+            tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, num_samples=1,
+                                        max_concurrent_trials=search.max_concurrent),
+            run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent),
+                                      stop=Backstop(epochs) if cfg.scaling.num_workers == 0 else None,
+                                      callbacks=study_callbacks(path.parent, remote_study(cfg)),
+                                      failure_config=tune.FailureConfig(max_failures=1), verbose=0))
+    grid = tuner.fit()
+    return grid, len(grid) < len(points) or _unfinished(grid)
+
+
+def _say_baselines(cfg: RaykdConfig, grid: Any, epochs: int, teachers: dict[str, dict[str, float]],
+                   say: Callable[[str], None]) -> None:
+    """Baselines' scores, and a warning for each teacher weaker than the student alone."""
+    summary = B.baseline_summary(_rows(cfg, grid, Path(), epochs), cfg.search.metric)
+    for line in B.baseline_lines(summary, cfg.search.metric):
+        say(line)
+    for line in B.weaker_teachers(teachers, summary, cfg.search.metric, cfg.search.mode):
+        say(f"warning: {line}")
 
 
 def _new_tuner(cfg: RaykdConfig, trainable: Any, sdir: Path, epochs: int, remote: str | None = None) -> Any:
@@ -283,83 +299,51 @@ def _new_tuner(cfg: RaykdConfig, trainable: Any, sdir: Path, epochs: int, remote
         # without the dashboard; Ray Train trials end by themselves on the same conditions.
         run_config=tune.RunConfig(name="tune", storage_path=str(sdir),
                                   stop=Backstop(epochs) if cfg.scaling.num_workers == 0 else None,
-                                  callbacks=[ReleaseWorkers(str(sdir / "trials"))]
-                                  + ([UploadStudy(remote)] if remote else []),
+                                  callbacks=study_callbacks(sdir, remote),
                                   failure_config=tune.FailureConfig(max_failures=1), verbose=0),
     )
     return tuner
 
 
 def summarise(cfg: RaykdConfig, grid: Any, sdir: Path, study: dict[str, str], epochs: int,
-              interrupted: bool = False) -> StudyOutcome:
-    """Trial table, best/ folder, MLflow statuses and plots at the end of a study."""
+              interrupted: bool = False, baseline_grid: Any = (), teachers: dict | None = None) -> StudyOutcome:
+    """Trial table, best/ folder, study.json (baselines, distillation_gain, teachers), plots,
+    the report, and MLflow statuses at the end of a study."""
+    from raykd.plots import study_plots
+    from raykd.report import write_report
+
     search = cfg.search or SearchConfig()
-    rows = []
-    for res in grid:
-        unfinished = res.error is None and not (res.metrics or {}).get("done")
-        if res.metrics is None or M.EPOCH not in (res.metrics or {}):
-            rows.append({"trial_id": _trial_id(res), "number": _trial_number(res),
-                         "status": "interrupted" if unfinished else "error",
-                         "params": _params_of(res), "error": str(res.error)[:200]})
-            continue
-        m = res.metrics
-        status = m.get(M.STATUS, "completed")
-        if unfinished:
-            status = "interrupted"
-        elif status == "completed" and m[M.EPOCH] < epochs:
-            status = "pruned"  # ASHA stopped it: merely poor
-        df = res.metrics_dataframe
-        best_value = m[search.metric]
-        if df is not None and search.metric in df:
-            col = df[search.metric]
-            best_value = float(col.max() if search.mode == "max" else col.min())
-        rows.append({"trial_id": m["trial_id"], "number": _trial_number(res), "status": status, "epochs": m[M.EPOCH],
-                     "params": _params_of(res), search.metric: best_value,
-                     "last": {k: v for k, v in m.items() if isinstance(v, (int, float))},
-                     "checkpoint": _checkpoint_of(res)})
+    rows = _rows(cfg, grid, sdir, epochs)
+    order = {name: i for i, name in enumerate(B.BASELINES)}
+    baselines = sorted(_rows(cfg, baseline_grid, sdir, epochs), key=lambda r: (order[r["baseline"]], r["seed"]))
     ok = [r for r in rows if r["status"] in ("completed", "pruned") and r.get("checkpoint")]
     best = None
     if ok:
         best = (max if search.mode == "max" else min)(ok, key=lambda r: r[search.metric])
+    # trials.json holds the search's trials only: what the searcher saw, what importance reads
     (sdir / "trials.json").write_text(json.dumps(rows, indent=1, default=str))
-    for r in rows:  # a trial that Tune stopped never reached pipeline.finish: its DET, from best.pt
+    for r in rows + baselines:  # a run that Tune stopped never reached pipeline.finish: its DET, from best.pt
         if r.get("checkpoint"):
             write_det(Path(r["checkpoint"]), sdir / "trials" / r["trial_id"], None)
     best_dir = write_best(cfg, best, sdir) if best else None
+    summary = B.study_summary(cfg, baselines, best, teachers or {}, len(rows), interrupted)
+    B.write_study_summary(sdir, summary)
+    out = sdir / "plots"
+    out.mkdir(exist_ok=True)
+    plots = study_plots(cfg, rows, out)
+    report = write_report(sdir)
     if study.get("uri"):
-        _finish_mlflow(cfg, rows, study, best, interrupted)
-    return StudyOutcome(sdir, rows, best, best_dir, study.get("parent_run_id"), interrupted)
+        _finish_mlflow(cfg, rows + baselines, study, summary, plots, [sdir / B.STUDY_FILE, *report], interrupted)
+    return StudyOutcome(sdir, rows, best, best_dir, study.get("parent_run_id"), interrupted, baselines,
+                        summary, report[0])
 
 
-def _trial_id(res: Any) -> str:
-    """A trial that never reported has no metrics: its id is in its dir name."""
-    import re
+def _rows(cfg: RaykdConfig, grid: Any, sdir: Path, epochs: int) -> list[dict[str, Any]]:
+    def layers_of(params: dict[str, Any]) -> dict[str, list[int]]:
+        run_cfg = baseline_config(cfg, params) if BASELINE_PARAM in params else trial_config(cfg, params)
+        return run_cfg.aligned_layers()
 
-    if res.metrics and "trial_id" in res.metrics:
-        return res.metrics["trial_id"]
-    found = re.search(r"run_trial_([0-9a-f]+)_", Path(res.path).name) if res.path else None
-    return found.group(1) if found else "?"
-
-
-def _trial_number(res: Any) -> int | None:
-    """Order in which Tune created the trial (its dir is run_trial_<id>_<number>_...)."""
-    import re
-
-    found = re.search(r"run_trial_[0-9a-f]+_(\d+)_", Path(res.path).name) if res.path else None
-    return int(found.group(1)) if found else None
-
-
-def _params_of(res: Any) -> dict[str, Any]:
-    return {k: v for k, v in (res.config or {}).items()}
-
-
-def _checkpoint_of(res: Any) -> str | None:
-    path = (res.metrics or {}).get(CHECKPOINT_PATH)
-    if path and (Path(path) / BEST_FILE).exists():
-        return path
-    if res.checkpoint is not None and (Path(res.checkpoint.path) / BEST_FILE).exists():
-        return res.checkpoint.path
-    return None
+    return result_rows(grid, cfg.search.metric, cfg.search.mode, epochs, layers_of, sdir)
 
 
 def write_best(cfg: RaykdConfig, best: dict[str, Any], sdir: Path) -> Path:
@@ -378,11 +362,10 @@ def trial_dir(study: dict[str, str], row: dict[str, Any]) -> Path:
     return Path(study["dir"]) / "trials" / row["trial_id"]
 
 
-def _finish_mlflow(cfg: RaykdConfig, rows: list[dict[str, Any]], study: dict[str, str], best: dict | None,
-                   interrupted: bool) -> None:
-    """Status tags on every child run, no run left RUNNING, and the study's plots on the parent."""
-    from raykd.plots import study_plots
-
+def _finish_mlflow(cfg: RaykdConfig, rows: list[dict[str, Any]], study: dict[str, str], summary: dict[str, Any],
+                   plots: list[Path], files: list[Path], interrupted: bool) -> None:
+    """Status tags and DET files on every child run (trials and baselines), no run left RUNNING;
+    on the parent the best trial, the baselines, distillation_gain, the plots, study.json, the report."""
     c = T.client(study["uri"])
     for r in rows:
         found = c.search_runs([study["experiment_id"]], max_results=1,
@@ -396,15 +379,15 @@ def _finish_mlflow(cfg: RaykdConfig, rows: list[dict[str, Any]], study: dict[str
         det = [p for p in (trial_dir(study, r) / DET_FILE, trial_dir(study, r) / DET_PLOT) if p.is_file()]
         T.log_artifacts(study["uri"], run.info.run_id, det, "det")
         if run.info.status == "RUNNING" or r["status"] != "interrupted":
-            log.close("KILLED" if r["status"] in ("pruned", "error", "interrupted") else "FINISHED")
+            log.close(T.run_status(r["status"]))
     parent = T.MlflowLogger(study["uri"], study["parent_run_id"])
-    if best:
-        parent.log_metrics({f"best_{cfg.search.metric}": best[cfg.search.metric]}, step=0)
-        parent.set_tags({"raykd.best_trial": best["trial_id"]})
-    out = Path(study["dir"]) / "plots"
-    out.mkdir(exist_ok=True)
+    metrics, tags = T.study_results(summary)
+    parent.log_metrics(metrics, step=0)
+    parent.set_tags(tags)
+    best = summary.get("best")
     best_det = [trial_dir(study, best) / DET_PLOT] if best and (trial_dir(study, best) / DET_PLOT).is_file() else []
-    T.log_artifacts(study["uri"], study["parent_run_id"], study_plots(cfg, rows, out) + best_det, "plots")
+    T.log_artifacts(study["uri"], study["parent_run_id"], plots + best_det, "plots")
+    T.log_artifacts(study["uri"], study["parent_run_id"], files)
     # An interrupted study is closed as KILLED (never left RUNNING); --resume reopens it.
     parent.set_tags({T.STATUS_TAG: "interrupted" if interrupted else "completed"})
     parent.close("KILLED" if interrupted else "FINISHED")

@@ -163,6 +163,9 @@ class SearchConfig(Strict):
     sampler: Literal["tpe", "random"] = "tpe"  # Optuna sampler (random: the baseline benchmarks compare to)
     asha: AshaConfig = AshaConfig()
     trial_epochs: int | None = None  # epochs per trial; None = train.epochs
+    # before the search: the student alone and logit-KD only, each run this many times (seeds
+    # seed, seed+1, ...) on the trial budget, so the study can say whether distillation helped; 0 = none
+    baseline_seeds: int = Field(2, ge=0)
     # evaluated first, after the guide's recommendation: {optuna param: value}; layer params
     # are "<teacher>.L<layer>": true/false
     initial_points: list[dict[str, Any]] = []

@@ -71,7 +71,8 @@ def test_tune_trial_survives_its_train_worker_being_killed(tiny_project, local_r
         "scaling.num_workers": 1, "train.max_failures": 2, "tracking.uri": f"sqlite:///{db}",
         "storage_path": str(tmp_path / "runs")})
     raw["search"] = {"params": {"distillation.feature_alignment_weight": {"type": "uniform", "low": 0.05, "high": 0.2}},
-                     "num_samples": 2, "max_concurrent": 1, "trial_epochs": epochs, "asha": {"enabled": False}}
+                     "num_samples": 2, "max_concurrent": 1, "trial_epochs": epochs, "asha": {"enabled": False},
+                     "baseline_seeds": 0}  # about faults / the cluster, not baselines: kept short
     space = write_yaml(tmp_path / "space.yaml", raw)
     sdir = tmp_path / "runs" / "killed-worker"
 
