@@ -4,28 +4,24 @@ from __future__ import annotations
 
 import errno
 import functools
-import os
 import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
-from rich import box
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from raykd import storage as S
 from raykd.config import ConfigError, RaykdConfig, load_config
 from raykd.errors import UserError
+from raykd.render import console, epoch_table, err, events_table, fmt, show_manifest, trials_table, verdict
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distil speech foundation models into tiny wakeword detectors.")
 data_app = typer.Typer(no_args_is_help=True, help="Make or check wakeword datasets.")
 app.add_typer(data_app, name="data")
-console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 @app.callback()
@@ -95,24 +91,6 @@ def _progress(msg: str) -> None:
         console.print(f"[dim]{escape(msg)}[/dim]", highlight=False)
 
 
-def _epoch_table(rows: list[dict[str, Any]], title: str) -> Table:
-    from raykd import metrics as M
-
-    table = Table(title=title)
-    cols = M.shown_columns(rows)
-    for c in cols:
-        table.add_column(c, justify="right")
-    for r in rows:
-        table.add_row(*[_fmt(r.get(c)) for c in cols])
-    return table
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else str(v)
-
-
 # ----------------------------------------------------------------------------- commands
 
 
@@ -139,26 +117,7 @@ def data_synth(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
     with Progress(console=console) as bar:
         task = bar.add_task("synthesising", total=None)
         manifest = synthesize(cfg, lambda done, total: bar.update(task, completed=done, total=total))
-    _show_manifest(cfg, manifest)
-
-
-def _show_manifest(cfg: RaykdConfig, manifest: Path) -> None:
-    """Counts per split and per voice family, then per split (data.extra rows included)."""
-    from raykd.data.dataset import dataset_summary
-
-    rows = dataset_summary(cfg)
-    cols = ("clips", "positives", "near_misses", "generated", "stream_minutes", "speakers")
-    table = Table(title=f"{manifest}")
-    for c in ("split", "family") + cols:
-        table.add_column(c.replace("_", " "), justify="right")
-    for split in ("train", "val", "test"):
-        part = [r for r in rows if r["split"] == split]
-        for r in part:
-            table.add_row(split, r["family"], *[_fmt(r[c]) for c in cols])
-        total = {c: sum(r[c] for r in part) for c in cols}
-        table.add_row(f"[bold]{split}[/bold]", "[bold]all[/bold]", *[f"[bold]{_fmt(total[c])}[/bold]" for c in cols],
-                      end_section=True)
-    console.print(table)
+    show_manifest(cfg, manifest)
 
 
 @app.command()
@@ -205,20 +164,20 @@ def train(config: Path, set_: Optional[list[str]] = SetOpt,
 
     def on_epoch(row: dict) -> None:
         keys = [k for k in M.shown_columns([row]) if k not in (M.EPOCH, M.STATUS)]
-        console.print(f"epoch {row['epoch']}: " + "  ".join(f"{k}={_fmt(row[k])}" for k in keys),
+        console.print(f"epoch {row['epoch']}: " + "  ".join(f"{k}={fmt(row[k])}" for k in keys),
                       highlight=False)
 
     try:
         out = fit(cfg, run_dir, on_epoch=on_epoch, progress=_progress, overwrite=overwrite)
     except (TrainInterrupted, KeyboardInterrupt) as e:
-        again = " ".join(["raykd train", _quote(config), *(f"--set {_quote(x)}" for x in set_ or []),
-                          *([f"--run-dir {_quote(given_run_dir)}"] if given_run_dir else [])])
+        again = " ".join(["raykd train", _shq(config), *(f"--set {_shq(x)}" for x in set_ or []),
+                          *([f"--run-dir {_shq(given_run_dir)}"] if given_run_dir else [])])
         done = (f"after epoch {e.epochs_done} of {e.epochs} (history in {e.run_dir / 'history.json'})"
                 if isinstance(e, TrainInterrupted) and e.epochs_done else "before the first epoch finished")
         err.print(f"[yellow]interrupted[/yellow] {escape(done)}; continue with `{escape(again)}`",
                   highlight=False, soft_wrap=True)
         raise typer.Exit(130)
-    console.print(_epoch_table(out.history, f"{cfg.name}: {out.status}"))
+    console.print(epoch_table(out.history, f"{cfg.name}: {out.status}"))
     if out.mapping:
         console.print(f"layer map (teacher layer -> student tap): {out.mapping}")
     console.print(f"checkpoint: {out.checkpoint_dir}")
@@ -250,12 +209,12 @@ def tune(config: Path, set_: Optional[list[str]] = SetOpt,
     if smoke:
         cfg = with_updates(cfg, SMOKE_UPDATES)
     out = run_study(cfg, config, resume=resume, address=address, progress=_progress)
-    console.print(_trials_table(cfg.search.metric, cfg.search.mode, out.rows, baselines=out.baselines,
+    console.print(trials_table(cfg.search.metric, cfg.search.mode, out.rows, baselines=out.baselines,
                                 width=console.width))
     if out.best_dir:
-        console.print(f"best trial {out.best['trial_id']}: {cfg.search.metric}={_fmt(out.best[cfg.search.metric])}"
+        console.print(f"best trial {out.best['trial_id']}: {cfg.search.metric}={fmt(out.best[cfg.search.metric])}"
                       f" -> {S.join(out.remote, 'best') if out.remote else out.best_dir}")
-    _verdict(out.summary)
+    verdict(out.summary)
     from raykd.report import importance_notes
 
     for line in importance_notes(out.study_dir / "plots"):  # layer effects, and how sure they are
@@ -274,15 +233,6 @@ def tune(config: Path, set_: Optional[list[str]] = SetOpt,
         raise typer.Exit(1)
 
 
-def _verdict(summary: dict) -> None:
-    """distillation_gain with its spread, said plainly; teachers weaker than the student alone."""
-    gain = summary.get("distillation_gain")
-    colour = {"helped": "green", "did not help": "red"}.get((gain or {}).get("verdict"), "yellow")
-    console.print(f"[{colour}]{escape(summary.get('verdict', ''))}[/{colour}]", highlight=False, soft_wrap=True)
-    for line in summary.get("weaker_teachers", []):
-        console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
-
-
 def _check_trials_json(trials: Path, study_dir: Path) -> None:
     """A damaged (e.g. truncated) trial table is one line naming it and how to write it again."""
     import json
@@ -296,9 +246,7 @@ def _check_trials_json(trials: Path, study_dir: Path) -> None:
                         f"{study_dir / 'search_space.yaml'} --resume` writes it again") from None
 
 
-def _quote(x: object) -> str:
-    import shlex
-
+def _shq(x: object) -> str:
     return shlex.quote(str(x))
 
 
@@ -306,55 +254,6 @@ def _uri(cfg: RaykdConfig) -> str:
     from raykd.tracking import tracking_uri
 
     return tracking_uri(cfg)
-
-
-def _trials_table(metric: str, mode: str, rows: list[dict], top: int = 10,
-                  baselines: list[dict] | None = None, width: int = 100) -> Table:
-    """Baselines first, then the best `top` trials; layers as lists ("wav2vec2: 2,4,6"). Fits
-    `width` columns (a 100-column terminal): parameter columns that would not fit are left out,
-    and the caption says where they are."""
-    from raykd.results import trial_table
-
-    baselines = baselines or []
-    headers, cells = trial_table(metric, mode, baselines, rows, top)
-    # One teacher's layers stay on one line ("wav2vec2: 1,2,4,6,12;"), the rest may wrap.
-    layers_width = min(32, max((len(part) + 1 for row in cells for part in row[4].split("; ")), default=6))
-    for n in range(len(headers), 4, -1):  # drop parameter columns from the right until it fits
-        table = _table(metric, mode, len(rows), top, len(baselines), headers[:n], [r[:n] for r in cells],
-                       layers_width)
-        if _fits(table, width):
-            break
-    if n < len(headers):
-        table.caption = f"{len(headers) - n} more parameter(s): `raykd report` or trials.json"
-    return table
-
-
-def _fits(table: Table, width: int) -> bool:
-    """Rendered `width` wide, does the table lose nothing (wrapped, not cropped or cut with '…')?"""
-    def chars(w: int) -> list[str]:
-        c = Console(width=w, record=True, file=open(os.devnull, "w"))
-        c.print(table)
-        # box-drawing rules span the table's width: only the text counts
-        return sorted(ch for ch in c.export_text() if not ch.isspace() and not "\u2500" <= ch <= "\u257f")
-
-    return chars(width) == chars(10_000)
-
-
-def _table(metric: str, mode: str, n_rows: int, top: int, n_baselines: int, headers: list[str],
-           cells: list[list[str]], layers_width: int) -> Table:
-    arrow = "higher" if mode == "max" else "lower"
-    table = Table(title=f"trials (best {min(top, n_rows)} of {n_rows} by {metric}, {arrow} is better"
-                        + (f"; {n_baselines} baseline runs first" if n_baselines else "") + ")",
-                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for i, h in enumerate(headers):
-        # parameter names wrap between words (feature / alignment / weight): as narrow as a value
-        narrow = max(6, *(len(w) for w in h.split("_")), *(len(r[i]) for r in cells)) if i > 4 else None
-        table.add_column(h.replace("_", " ") if i > 4 else h, justify="left" if i in (0, 1, 4) else "right",
-                         no_wrap=i in (0, 1, 2, 3), overflow="fold", min_width=layers_width if i == 4 else None,
-                         max_width=narrow)
-    for j, row in enumerate(cells):
-        table.add_row(*row, end_section=j == n_baselines - 1)
-    return table
 
 
 @app.command()
@@ -372,7 +271,7 @@ def best(study_dir: str) -> None:
 
         cfg = load_config(local / "search_space.yaml")
         baselines = (read_study_summary(local) or {}).get("baselines", [])
-        console.print(_trials_table(cfg.search.metric, cfg.search.mode, json.loads(trials.read_text()), top=1000,
+        console.print(trials_table(cfg.search.metric, cfg.search.mode, json.loads(trials.read_text()), top=1000,
                                     baselines=baselines, width=console.width))
 
 
@@ -402,10 +301,10 @@ def retrain(study_dir: str, set_: Optional[list[str]] = SetOpt,
         cfg = _load(best_cfg, set_)
     run_dir = Path(cfg.cache_dir) / "studies" / cfg.name / "retrain" if S.is_uri(study_dir) else Path(study_dir) / "retrain"
     out = fit(cfg, run_dir, overwrite=overwrite, on_epoch=lambda row: console.print(
-        f"epoch {row['epoch']}: val_accuracy={_fmt(row.get('val_accuracy'))} "
-        f"val_fa_per_hour={_fmt(row.get('val_fa_per_hour'))} "
-        f"val_frr_at_target={_fmt(row.get('val_frr_at_target'))}", highlight=False), progress=_progress)
-    console.print(_epoch_table(out.history, f"retrain {cfg.name}: {out.status}"))
+        f"epoch {row['epoch']}: val_accuracy={fmt(row.get('val_accuracy'))} "
+        f"val_fa_per_hour={fmt(row.get('val_fa_per_hour'))} "
+        f"val_frr_at_target={fmt(row.get('val_frr_at_target'))}", highlight=False), progress=_progress)
+    console.print(epoch_table(out.history, f"retrain {cfg.name}: {out.status}"))
     if S.is_uri(study_dir):
         S.upload_dir(run_dir, S.join(study_dir, "retrain"))
     console.print(f"checkpoint: {out.checkpoint_dir}  (export it: raykd export {S.join(study_dir, 'retrain')})")
@@ -460,23 +359,14 @@ def eval_(model: Path, data: Path,
             "threshold_at_target": "its threshold", "fa_per_hour_at_target": "its FA/h"}
     for label in cols.values():
         table.add_column(label, justify="right")
-    table.add_row(*[_fmt(m[k]) for k in cols])
+    table.add_row(*[fmt(m[k]) for k in cols])
     console.print(table)
     if not m["target_met"]:
         console.print(f"no threshold reaches {m['target_fa_per_hour']:g} FA/h on this audio", highlight=False)
     if events:
-        _events_table(fired, "false accepts")
+        events_table(fired, "false accepts")
     if plot:
         console.print(f"DET curve: {plot}")
-
-
-def _events_table(rows: list[tuple[str, float, float]], title: str) -> None:
-    table = Table(title=title)
-    for c in ("file", "time (s)", "score"):
-        table.add_column(c, justify="left" if c == "file" else "right")
-    for f, t, s in rows:
-        table.add_row(escape(f), f"{t:.2f}", f"{s:.3f}")
-    console.print(table)
 
 
 @app.command()

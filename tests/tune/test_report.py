@@ -82,7 +82,7 @@ def trial_rows(n: int = 6) -> list[dict]:
 def test_trial_table_fits_100_columns_with_baselines_first_and_layers_as_lists():
     from rich.console import Console
 
-    from raykd.cli import _trials_table
+    from raykd.render import trials_table as _trials_table
 
     c = Console(width=100, record=True, file=open(os.devnull, "w"))
     base = baseline_rows("val_accuracy", {"student_alone": [0.8, 0.9], "logit_kd": [0.7, 0.72]})
