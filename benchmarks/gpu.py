@@ -172,13 +172,13 @@ def run_fit(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the steps
 
 
-def step_ddp(raw: dict[str, Any], work: Path) -> dict[str, Any]:
+def step_ddp(raw: dict[str, Any]) -> dict[str, Any]:
     """Live then cached targets, same config otherwise; samples/s of the last epoch."""
     out: dict[str, Any] = {"aligned_layers": ALIGNED,
                            "backend": "nccl" if raw["scaling"]["use_gpu"] else "gloo"}
     for mode, on in (("live", False), ("cached", True)):
         log(f"ddp: {mode} teacher targets, {raw['scaling']['num_workers']} worker(s)")
-        r = run_fit(with_keys(raw, teacher_cache__enabled=on), work / "runs" / f"ddp-{mode}")
+        r = run_fit(with_keys(raw, teacher_cache__enabled=on), Path(raw["storage_path"]) / f"ddp-{mode}")
         r["samples_per_s"] = r["epochs"][-1]["samples_per_s"] if r["epochs"] else None
         out[mode] = r
     live, cached = out["live"]["samples_per_s"], out["cached"]["samples_per_s"]
@@ -186,7 +186,7 @@ def step_ddp(raw: dict[str, Any], work: Path) -> dict[str, Any]:
     return out
 
 
-def step_vram(raw: dict[str, Any], work: Path, points: list[int]) -> list[dict[str, Any]]:
+def step_vram(raw: dict[str, Any], points: list[int]) -> list[dict[str, Any]]:
     """Peak memory per number of aligned wav2vec2 layers, live targets, one epoch each."""
     rows = []
     for k in points:
@@ -194,7 +194,7 @@ def step_vram(raw: dict[str, Any], work: Path, points: list[int]) -> list[dict[s
         log(f"vram: {k} aligned layer(s) {layers}")
         cfg = with_keys(raw, teacher_cache__enabled=False, train__epochs=1,
                         distillation__alignment_layers=layers, distillation__feature_alignment_enabled=bool(layers))
-        r = run_fit(cfg, work / "runs" / f"vram-{k}")
+        r = run_fit(cfg, Path(raw["storage_path"]) / f"vram-{k}")
         rows.append({"aligned": k, "layers": layers, "status": r["status"], "peak_mb": r["peak_mb"],
                      "samples_per_s": r["epochs"][-1]["samples_per_s"] if r["epochs"] else None})
     return rows
@@ -315,12 +315,14 @@ def main() -> int:
                            "sizes": size, "step_seconds": {}}
     data = write_clips(work / f"data-{size['train']}-{size['val']}", size["train"], size["val"])
     raw = base_config(work, data, gpu, n_gpus, size)
+    # A fresh folder per invocation: a run dir that exists would resume its finished run.
+    raw["storage_path"] = str(work / "runs" / time.strftime("%Y%m%d-%H%M%S"))
     for step in args.steps.split(","):
         t = time.time()
         if step == "ddp":
-            res["ddp"] = step_ddp(raw, work)
+            res["ddp"] = step_ddp(raw)
         elif step == "vram":
-            res["vram"] = step_vram(raw, work, size["sweep"])
+            res["vram"] = step_vram(raw, size["sweep"])
         elif step == "oom":
             res["oom"] = step_oom(raw, work, gpu, size)
         else:
