@@ -298,6 +298,10 @@ def main() -> int:
     ap.add_argument("--workdir", default="/tmp/raykd-gpu", help="data, teachers, caches, runs")
     ap.add_argument("--steps", default="ddp,vram,oom", help="comma-separated subset of ddp,vram,oom")
     args = ap.parse_args()
+    steps = args.steps.split(",")
+    unknown = sorted(set(steps) - {"ddp", "vram", "oom"})
+    if unknown:
+        ap.error(f"--steps: unknown step(s) {unknown} (ddp, vram, oom)")
     import torch
 
     gpu = not args.cpu_dry_run
@@ -309,7 +313,9 @@ def main() -> int:
 
     size, n_gpus = (GPU, torch.cuda.device_count()) if gpu else (DRY, 0)
     work = Path(args.workdir) / ("gpu" if gpu else "dry")
-    ray.init(num_cpus=None if gpu else 2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # GPUs named explicitly: a Ray that failed to detect them would leave every GPU worker pending.
+    ray.init(num_cpus=None if gpu else 2, num_gpus=n_gpus, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
     res: dict[str, Any] = {"gpu": gpu, "note": None if gpu else DRY_NOTE, "env": environment(gpu),
                            "teachers": {"wav2vec2": W2V_BASE, "conformer": CONFORMER_BASE} if gpu else "tiny preset",
                            "sizes": size, "step_seconds": {}}
@@ -317,22 +323,22 @@ def main() -> int:
     raw = base_config(work, data, gpu, n_gpus, size)
     # A fresh folder per invocation: a run dir that exists would resume its finished run.
     raw["storage_path"] = str(work / "runs" / time.strftime("%Y%m%d-%H%M%S"))
-    for step in args.steps.split(","):
+    out = RESULTS / ("gpu.json" if gpu else "gpu-dryrun.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for step in steps:
         t = time.time()
         if step == "ddp":
             res["ddp"] = step_ddp(raw)
         elif step == "vram":
             res["vram"] = step_vram(raw, size["sweep"])
-        elif step == "oom":
-            res["oom"] = step_oom(raw, work, gpu, size)
         else:
-            raise SystemExit(f"--steps: unknown step {step!r} (ddp, vram, oom)")
+            res["oom"] = step_oom(raw, work, gpu, size)
         res["step_seconds"][step] = time.time() - t
+        res["complete"] = step == steps[-1]
+        res["env"]["load_after"] = list(os.getloadavg())
+        # after every step: a run cut short by the device's time limit keeps what it measured
+        out.write_text(json.dumps(res, indent=1, default=str))
     ray.shutdown()
-    res["env"]["load_after"] = list(os.getloadavg())
-    out = RESULTS / ("gpu.json" if gpu else "gpu-dryrun.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1, default=str))
     print(table(res))
     log(f"wrote {out.relative_to(ROOT)}")
     return 0
