@@ -2,6 +2,7 @@
 
     python benchmarks/gpu.py                # on a CUDA machine (~4-6 min on one H200)
     python benchmarks/gpu.py --cpu-dry-run  # every step at a tiny size on CPU (proves it runs)
+    benchmarks/gpu.sh wheels / run          # on a device machine: see benchmarks/README.md
 
 Every run is `raykd.pipeline.fit` / `raykd.tune.run_study` as a user runs them: Ray Train
 `TorchTrainer` workers (`scaling.use_gpu: true`, one worker per GPU, so nccl), tracking off,
@@ -14,7 +15,7 @@ heads, 3072 FFN, 512x7 CNN) and a 12-block 512-d Conformer.
          last epoch (training only), vram_peak_mb, the cache's build time
   vram   vram_peak_mb against the number of aligned wav2vec2 layers (0, 1, 2, 4, 8), live
          targets, one epoch each (the user guide's memory warning, measured)
-  oom    a 3-trial study (live targets) whose first trial's batch is too large for the GPU
+  oom    a 3-trial study (live targets, augmentation off) whose first trial's batch is too large for the GPU
          (two (B, 512, S/5) fp32 activations of the teacher's first conv layer exceed its
          memory): a real torch.cuda.OutOfMemoryError ends that trial as status `oom`, the
          other two complete
@@ -225,8 +226,10 @@ def step_oom(raw: dict[str, Any], work: Path, gpu: bool, size: dict[str, Any]) -
     batches = [big] + size["study_batches"]
     log(f"oom: study of {len(batches)} trials, batches {batches} ({big} x 1.5 s clips on "
         f"{'the GPU' if gpu else 'CPU: no GPU memory to exhaust'})")
+    # Augmentation off: live views are made per clip on the worker's CPU (~5 ms each), which for
+    # thousands of clips would cost a minute before the GPU is even asked for memory.
     raw = with_keys(raw, name=f"oom-{time.strftime('%H%M%S')}", teacher_cache__enabled=False,
-                    data__manifest=str(manifest), scaling__num_workers=1)
+                    data__manifest=str(manifest), data__augment__enabled=False, scaling__num_workers=1)
     raw["search"] = {"params": {"train.batch_size": {"type": "categorical", "choices": batches}},
                      "initial_points": [{"train.batch_size": b} for b in batches],
                      "num_samples": len(batches), "max_concurrent": 1, "trial_epochs": 1,
