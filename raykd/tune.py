@@ -131,10 +131,10 @@ class StudyOutcome:
     best_dir: Path | None
     parent_run_id: str | None
     interrupted: bool = False  # Ctrl-C / SIGINT: state saved, continue with --resume
-    remote: str | None = None  # the study's bucket URI when storage_path is one (study_dir mirrors it)
     baselines: list[dict[str, Any]] = field(default_factory=list)  # rows of the baseline runs
     summary: dict[str, Any] = field(default_factory=dict)  # study.json: baselines, gain, teachers
     report: Path | None = None  # report.html
+    remote: str | None = None  # the study's bucket URI when storage_path is one (study_dir mirrors it)
 
 
 BASELINE_TUNER = "baselines"  # <study>/baselines: the baseline runs' own Tuner

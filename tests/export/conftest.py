@@ -22,8 +22,11 @@ BEST_METRICS = {"epoch": 3, "val_accuracy": 0.875, "val_frr": 0.1, "val_fa_per_h
 
 # A small real dataset (espeak-ng, 4 speakers, about a second to make): the export's parity
 # check runs on its clips, and the eval tests build their audio from them.
-SMALL_SYNTH = {"voices": ["en-us", "en-gb-x-rp"], "variants": ["m1", "f2"], "positives_per_speaker": 3,
-               "near_misses_per_speaker": 2, "other_per_speaker": 2, "nonspeech_per_speaker": 2, "workers": 1}
+# Held-out families as in every synthetic dataset: german voices in val, Scottish English in test.
+SMALL_SYNTH = {"voices": ["en-us", "en-gb-x-rp", "de", "en-gb-scotland"], "variants": ["m1", "f2"], "speakers": 4,
+               "val_families": ["germanic"], "test_families": ["en-scotland"], "stream_minutes": 0.25,
+               "positives_per_speaker": 3, "near_misses_per_speaker": 2, "other_per_speaker": 2,
+               "nonspeech_per_speaker": 2, "workers": 1}
 
 
 def tiny_config(root: Path) -> RaykdConfig:
