@@ -142,7 +142,7 @@ def importance_notes(plots: Path) -> list[str]:
         path = plots / name
         if path.is_file():
             data = json.loads(path.read_text())
-            notes = (data.get("notes") or data.get("summary")) if isinstance(data, dict) else None
+            notes = (data.get("summary") or data.get("notes")) if isinstance(data, dict) else None
             if isinstance(notes, str):
                 return [notes]
             if isinstance(notes, list):
